@@ -1,0 +1,440 @@
+"""The :class:`Volume` type: a 3-D array plus the geometry that places it in the patient.
+
+Conventions (the same as ITK/SimpleITK, which reads and writes every format here):
+
+* ``array`` is indexed ``[z, y, x]`` (k, j, i) like Slicer's ``arrayFromVolume``.
+* ``spacing`` and ``origin`` are in ``(x, y, z)`` order, millimetres.
+* ``direction`` is a 3x3 matrix whose *columns* are the directions of the i, j, k axes in
+  LPS patient coordinates (ITK's physical space). Slicer works in RAS: use :meth:`ijk_to_ras`.
+
+A synthetic volume must overlay its input voxel for voxel, so every function that produces a
+volume from another keeps this geometry exactly, and every write is atomic.
+"""
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dicyc.atomic import atomic_path
+from dicyc.errors import DicycError
+
+#: File extensions written through SimpleITK, lower case.
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _sitk():
+    import SimpleITK as sitk  # lazy: keeps ``import dicyc`` and the CLI fast
+
+    return sitk
+
+
+@dataclass
+class Volume:
+    """A 3-D image with its geometry. See the module docstring for the conventions."""
+
+    array: np.ndarray
+    spacing: tuple = (1.0, 1.0, 1.0)
+    origin: tuple = (0.0, 0.0, 0.0)
+    direction: np.ndarray = None
+
+    def __post_init__(self):
+        self.array = np.asarray(self.array)
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume arrays are 3-D (z, y, x); got shape {self.array.shape}")
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+        self.direction = np.eye(3) if self.direction is None else np.array(self.direction, dtype=float).reshape(3, 3)
+        if len(self.spacing) != 3 or len(self.origin) != 3:
+            raise ValueError("spacing and origin need three values (x, y, z)")
+        if min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be positive; got {self.spacing}")
+
+    # ----------------------------------------------------------------- geometry
+    @property
+    def shape(self):
+        """Array shape (z, y, x)."""
+        return self.array.shape
+
+    @property
+    def size(self):
+        """Voxel counts in ITK order (x, y, z)."""
+        return tuple(reversed(self.array.shape))
+
+    def with_array(self, array):
+        """A new volume on the same grid holding ``array`` (shape must match)."""
+        array = np.asarray(array)
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} does not match the grid {self.array.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction.copy())
+
+    def ijk_to_lps(self):
+        """4x4 matrix mapping voxel (i, j, k, 1) to LPS millimetres."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    def ijk_to_ras(self):
+        """4x4 matrix mapping voxel (i, j, k, 1) to RAS millimetres, as Slicer's IJKToRAS."""
+        m = self.ijk_to_lps()
+        m[:3, :] = LPS_TO_RAS @ m[:3, :]
+        return m
+
+    @classmethod
+    def from_ijk_to_ras(cls, array, ijk_to_ras):
+        """Build a volume from an array (z, y, x) and Slicer's 4x4 IJKToRAS matrix."""
+        m = np.asarray(ijk_to_ras, dtype=float)
+        lin = LPS_TO_RAS @ m[:3, :3]
+        spacing = np.linalg.norm(lin, axis=0)
+        return cls(array, tuple(spacing), tuple(LPS_TO_RAS @ m[:3, 3]), lin / spacing)
+
+    def corners_lps(self):
+        """The eight corner voxel centres in LPS millimetres, shape (8, 3)."""
+        nx, ny, nz = self.size
+        idx = np.array([[i, j, k, 1.0] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)])
+        return (self.ijk_to_lps() @ idx.T).T[:, :3]
+
+    def bounds_lps(self):
+        """Axis-aligned physical bounding box (min xyz, max xyz), including half a voxel border."""
+        nx, ny, nz = self.size
+        idx = np.array([[i, j, k, 1.0] for i in (-0.5, nx - 0.5) for j in (-0.5, ny - 0.5) for k in (-0.5, nz - 0.5)])
+        pts = (self.ijk_to_lps() @ idx.T).T[:, :3]
+        return pts.min(axis=0), pts.max(axis=0)
+
+    def same_grid(self, other, tol=1e-4):
+        """True where both volumes have the same size and (within ``tol`` mm) the same geometry."""
+        return (
+            self.size == other.size
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=tol)
+            and np.allclose(self.direction, other.direction, atol=1e-6)
+        )
+
+    def overlaps(self, other):
+        """True where the physical bounding boxes of the two volumes intersect."""
+        a_lo, a_hi = self.bounds_lps()
+        b_lo, b_hi = other.bounds_lps()
+        return bool(np.all(a_lo < b_hi) and np.all(b_lo < a_hi))
+
+    # ----------------------------------------------------------------- SimpleITK
+    def to_sitk(self):
+        """The volume as a SimpleITK image (array copied)."""
+        sitk = _sitk()
+        image = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(tuple(self.direction.ravel()))
+        return image
+
+    @classmethod
+    def from_sitk(cls, image):
+        """A volume from a 3-D scalar SimpleITK image."""
+        sitk = _sitk()
+        return cls(
+            sitk.GetArrayFromImage(image),
+            image.GetSpacing(),
+            image.GetOrigin(),
+            np.array(image.GetDirection()).reshape(3, 3),
+        )
+
+    def __repr__(self):
+        return (
+            f"Volume(size={self.size}, dtype={self.array.dtype}, spacing={tuple(round(s, 4) for s in self.spacing)}, "
+            f"origin={tuple(round(o, 3) for o in self.origin)})"
+        )
+
+
+# ===================================================================== reading
+def _display(path):
+    return str(path)
+
+
+def _reduce_components(image, path):
+    """Grey images stored as RGB(A) become scalar; real colour images are refused."""
+    sitk = _sitk()
+    n = image.GetNumberOfComponentsPerPixel()
+    if n == 1:
+        return image
+    arr = sitk.GetArrayViewFromImage(image)
+    colour = arr[..., :3] if n >= 3 else arr
+    if not np.all(colour == colour[..., :1]):
+        raise DicycError(f"{_display(path)} is a colour image with {n} channels; DiCyc needs a greyscale image.")
+    scalar = sitk.VectorIndexSelectionCast(image, 0)
+    return scalar
+
+
+def _to_3d(image, path, allow_2d):
+    sitk = _sitk()
+    dim = image.GetDimension()
+    size = image.GetSize()
+    if dim == 4:
+        if size[3] == 1:
+            return sitk.Extract(image, (size[0], size[1], size[2], 0), (0, 0, 0, 0))
+        raise DicycError(
+            f"{_display(path)} is a 4-D image ({'x'.join(map(str, size))}); DiCyc needs a single 3-D volume, "
+            "so extract one frame first."
+        )
+    if dim == 2:
+        if not allow_2d:
+            raise DicycError(
+                f"{_display(path)} is a 2-D image ({size[0]}x{size[1]}); a 3-D volume is needed here "
+                "(save it as a single-slice NIfTI if that is what you mean)."
+            )
+        return sitk.JoinSeries(image)
+    if dim != 3:
+        raise DicycError(f"{_display(path)} is a {dim}-D image; DiCyc needs a 3-D volume.")
+    return image
+
+
+def _read_dicom_folder(folder):
+    sitk = _sitk()
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    if not series:
+        names = [p for p in Path(folder).iterdir() if not p.name.startswith(".")] if Path(folder).is_dir() else []
+        if not names:
+            raise DicycError(f"{_display(folder)} is an empty folder; give an image file or a DICOM series folder.")
+        raise DicycError(f"{_display(folder)} is a folder with no DICOM series in it.")
+    files_per_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
+    sid = max(files_per_series, key=lambda s: len(files_per_series[s]))
+    if len(series) > 1:
+        warnings.warn(
+            f"{folder} holds {len(series)} DICOM series; reading the largest ({len(files_per_series[sid])} files, "
+            f"series {sid}).",
+            stacklevel=3,
+        )
+    reader.SetFileNames(files_per_series[sid])
+    return reader.Execute()
+
+
+def _slice_thickness(image):
+    """SliceThickness of a single DICOM slice, where present: SimpleITK reports 1 mm otherwise."""
+    try:
+        value = float(image.GetMetaData("0018|0050").strip())
+    except (RuntimeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def read_volume(path, allow_2d=False, check_finite=True):
+    """Read a 3-D volume from NIfTI, NRRD, MHA/MHD, a single DICOM file or a DICOM series folder.
+
+    Raises :class:`DicycError` with one sentence naming the file for anything unusable:
+    a missing path, a non-image file, 4-D or (unless ``allow_2d``) 2-D data, colour images,
+    empty volumes and NaN/Inf voxels.
+    """
+    sitk = _sitk()
+    path = Path(path)
+    if not path.exists():
+        raise DicycError(f"{_display(path)} does not exist.")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+    else:
+        if path.stat().st_size == 0:
+            raise DicycError(f"{_display(path)} is an empty file, not an image.")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError:
+            raise DicycError(
+                f"{_display(path)} is not an image file DiCyc can read (NIfTI, NRRD, MHA/MHD, DICOM or PNG)."
+            ) from None
+    image = _reduce_components(image, path)
+    image = _to_3d(image, path, allow_2d)
+    if min(image.GetSize()) == 0:
+        raise DicycError(f"{_display(path)} is an empty image (size {image.GetSize()}).")
+    if image.GetSize()[2] == 1 and path.is_file() and path.suffix.lower() in ("", ".dcm", ".ima"):
+        thickness = _slice_thickness(image)
+        if thickness:
+            spacing = list(image.GetSpacing())
+            spacing[2] = thickness
+            image.SetSpacing(spacing)
+    volume = Volume.from_sitk(image)
+    if check_finite:
+        check_finite_values(volume, path)
+    return volume
+
+
+def check_finite_values(volume, name):
+    """Refuse volumes holding NaN or Inf: every metric and network would silently propagate them."""
+    arr = volume.array
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise DicycError(f"{_display(name)} contains {bad} NaN or infinite voxels.")
+
+
+def check_not_constant(volume, name):
+    """Refuse a volume in which every voxel has the same value (no contrast to compare or learn)."""
+    arr = volume.array
+    if arr.size and arr.min() == arr.max():
+        raise DicycError(f"{_display(name)} is constant (every voxel is {arr.flat[0]}); it holds no image.")
+
+
+def read_mask(path, reference, reference_name="the reference"):
+    """Read a mask (label map, any non-zero voxel counts) onto ``reference``'s grid.
+
+    A mask on another grid is resampled with nearest-neighbour interpolation. Refuses a mask
+    with no voxels, one that does not overlap the reference, or one left empty after resampling.
+    """
+    from dicyc.preprocess import resample_to_grid
+
+    mask = read_volume(path, allow_2d=True)
+    if not np.any(mask.array):
+        raise DicycError(f"{_display(path)} is an empty mask: it has no non-zero voxels.")
+    if not mask.same_grid(reference):
+        if not mask.overlaps(reference):
+            raise DicycError(f"{_display(path)} lies entirely outside {reference_name}: the mask and the volume do not overlap.")
+        mask = resample_to_grid(mask.with_array((mask.array != 0).astype(np.uint8)), reference, interpolation="nearest")
+    out = mask.array != 0
+    if not out.any():
+        raise DicycError(f"{_display(path)} has no mask voxels inside {reference_name}.")
+    return out
+
+
+# ===================================================================== writing
+def volume_format(path):
+    """'dicom-folder' for a path without an image extension, else the matching extension."""
+    name = str(path).lower()
+    for ext in IMAGE_EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    if Path(path).suffix == "" or str(path).endswith(os.sep):
+        return "dicom-folder"
+    raise DicycError(
+        f"{_display(path)} has an unknown image extension; use one of {', '.join(IMAGE_EXTENSIONS)} "
+        "or a folder name for a DICOM series."
+    )
+
+
+def write_volume(volume, path):
+    """Write ``volume`` atomically to ``path``; the format follows the extension.
+
+    A path without an extension becomes a DICOM series folder (one file per slice). DICOM
+    stores integers: integer-valued data within int16 are stored exactly, anything else with a
+    rescale slope/intercept (DICOM's own way of storing real values).
+    """
+    sitk = _sitk()
+    fmt = volume_format(path)
+    path = Path(str(path).rstrip(os.sep))
+    if fmt == "dicom-folder":
+        _write_dicom_series(volume, path)
+        return path
+    if fmt == ".dcm" and volume.shape[0] != 1:
+        raise DicycError(
+            f"{_display(path)}: a single DICOM file holds one slice; give a folder name to write a "
+            f"{volume.shape[0]}-slice DICOM series."
+        )
+    if fmt == ".dcm":
+        _write_dicom_series(volume, path, single_file=True)
+        return path
+    image = volume.to_sitk()
+    with atomic_path(path) as tmp:
+        # .mhd/.nhdr write a second (raw) data file named after the header: write both under the
+        # temporary name, then rename the data file too.
+        sitk.WriteImage(image, str(tmp), useCompression=fmt in (".nii.gz", ".nrrd", ".mha"))
+        if fmt in (".mhd", ".nhdr"):
+            _publish_detached_data(tmp, path, fmt)
+    return path
+
+
+def _publish_detached_data(tmp, path, fmt):
+    """Rename the raw data file of a detached header and point the header at the final name."""
+    tmp = Path(tmp)
+    key = "ElementDataFile" if fmt == ".mhd" else "data file"
+    lines = tmp.read_text().splitlines()
+    out = []
+    for line in lines:
+        stripped = line.split("=" if fmt == ".mhd" else ":", 1)
+        if len(stripped) == 2 and stripped[0].strip().lower() == key.lower():
+            data_name = stripped[1].strip()
+            data_tmp = tmp.parent / data_name
+            data_ext = data_name[len(tmp.name) - len(fmt):] if data_name.startswith(tmp.name[: -len(fmt)]) else Path(data_name).suffix
+            final_data = path.parent / (path.name[: -len(fmt)] + data_ext)
+            os.replace(data_tmp, final_data)
+            sep = " = " if fmt == ".mhd" else ": "
+            line = f"{stripped[0].strip()}{sep}{final_data.name}"
+        out.append(line)
+    tmp.write_text("\n".join(out) + "\n")
+
+
+def _dicom_storage(array):
+    """(pixel array to hand to GDCM, slope, intercept) for DICOM's integer pixel data.
+
+    Integer-valued data within int16 are stored exactly. Real values are handed over as float64
+    with a rescale slope/intercept, and GDCM maps them onto int16 (it needs an integer intercept).
+    """
+    arr = np.asarray(array, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if np.all(arr == np.round(arr)) and lo >= -32768 and hi <= 32767:
+        return arr.astype(np.int16), 1.0, 0.0
+    intercept = float(round((hi + lo) / 2.0))
+    half_range = max(hi - intercept, intercept - lo, 1e-12)
+    slope = float(f"{half_range / 32000.0:.6g}")
+    return arr, slope, intercept
+
+
+def _write_dicom_series(volume, path, single_file=False):
+    """Write a DICOM series (one file per slice) with positions, orientation and spacing."""
+    import tempfile
+    import time
+
+    sitk = _sitk()
+    stored, slope, intercept = _dicom_storage(volume.array)
+    d = volume.direction
+    orientation = "\\".join(f"{v:.10g}" for v in (*d[:, 0], *d[:, 1]))
+    uid_root = "1.2.826.0.1.3680043.2.1125." + str(int(time.time() * 1000) % 10**12)
+    study_uid, series_uid, frame_uid = uid_root + ".1", uid_root + ".2", uid_root + ".3"
+    base = stored
+    target = Path(path)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    try:
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        m = volume.ijk_to_lps()
+        for k in range(base.shape[0]):
+            sl = sitk.GetImageFromArray(base[k])
+            sl.SetSpacing(volume.spacing[:2])
+            pos = m @ np.array([0.0, 0.0, k, 1.0])
+            tags = {
+                "0008|0060": "OT",
+                "0010|0010": "DiCyc^Export",
+                "0020|000d": study_uid,
+                "0020|000e": series_uid,
+                "0020|0052": frame_uid,
+                "0008|0018": f"{uid_root}.{100 + k}",
+                "0020|0013": str(k + 1),
+                "0020|0032": "\\".join(f"{v:.10f}" for v in pos[:3]),
+                "0020|0037": orientation,
+                "0018|0050": f"{volume.spacing[2]:.10g}",
+                "0018|0088": f"{volume.spacing[2]:.10g}",
+                "0028|1052": f"{intercept:.10g}",
+                "0028|1053": f"{slope:.10g}",
+                "0028|1054": "US",
+            }
+            if base.dtype != np.int16:
+                tags.update({"0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1"})
+            for key, value in tags.items():
+                sl.SetMetaData(key, value)
+            name = staging / (target.name if single_file else f"slice_{k:05d}.dcm")
+            writer.SetFileName(str(name))
+            writer.Execute(sl)
+        if single_file:
+            os.replace(staging / target.name, target)
+        else:
+            if target.exists():
+                import shutil
+
+                shutil.rmtree(target)
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
