@@ -256,7 +256,22 @@ def read_volume(path, allow_2d=False, check_finite=True):
     volume = Volume.from_sitk(image)
     if check_finite:
         check_finite_values(volume, path)
+        if path.is_file() and str(path).lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_finite(path)
     return volume
+
+
+def _check_nifti_finite(path):
+    """ITK's NIfTI reader silently turns NaN and Inf into 0, so look at the raw data with nibabel."""
+    import nibabel
+
+    image = nibabel.load(str(path))
+    if not np.issubdtype(image.get_data_dtype(), np.floating):
+        return
+    data = np.asanyarray(image.dataobj)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise DicycError(f"{_display(path)} contains {bad} NaN or infinite voxels.")
 
 
 def check_finite_values(volume, name):
