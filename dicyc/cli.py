@@ -15,8 +15,9 @@ from dicyc.errors import DicycError
 
 EVALUATE_NOTES = """\
 metrics (computed on the reference grid, over the whole volume or inside --mask):
-  MSE, MAE       in the volumes' own intensity units (HU for CT); MSE equals
-                 skimage.metrics.mean_squared_error on the same voxels.
+  MSE, MAE       in the volumes' own intensity units (MSE in units squared,
+                 HU^2 for CT); MSE equals skimage.metrics.mean_squared_error on
+                 the same voxels.
   PSNR           10*log10(R^2 / MSE) with R the data range: by default the
                  reference's max - min inside the evaluated region (override
                  with --data-range, e.g. 4095 for CT in HU or 2 for [-1, 1]).
@@ -24,16 +25,18 @@ metrics (computed on the reference grid, over the whole volume or inside --mask)
   SSIM           Wang et al. 2004 (K1=0.01, K2=0.03, data range R as above),
                  computed slice-wise on axial (x-y) planes with an 11x11
                  Gaussian window (sigma 1.5 px, population covariances), then
-                 averaged over the evaluated voxels.
+                 averaged over the evaluated voxels (the whole map: unlike
+                 skimage's scalar, no border is cropped).
   SSIM(HG)       the same SSIM map averaged only over high-gradient voxels:
                  the top 20% of the reference's in-plane Sobel gradient
                  magnitude inside the region (Yang et al. 2018).
   NMI            normalised mutual information 2*I(P;R) / (H(P)+H(R)) from a
-                 64x64-bin joint histogram, in [0, 1]; 1 for a one-to-one
-                 intensity relation (it compares across modalities).
+                 64x64-bin joint histogram, in [0, 1]: 1 for an affine
+                 intensity relation, high for other one-to-one relations, so it
+                 compares across modalities (e.g. synthetic CT vs source MR).
 If the prediction is on another grid than the reference it is resampled
-(linear) onto the reference grid with a warning; grids that do not overlap
-are refused.
+(linear) onto the reference grid with a warning, and only the reference voxels
+it covers are scored; grids that do not overlap are refused.
 """
 
 
@@ -55,8 +58,10 @@ def _cmd_samples(args):
     from dicyc import samples
 
     if args.list:
-        for name, description in samples.list_samples():
-            print(f"{name:24s} {description}")
+        entries = samples.list_samples()
+        width = max(len(name) for name, _ in entries)
+        for name, description in entries:
+            print(f"{name:{width}s}  {description}")
         return 0
     paths = samples.prepare(args.names or None, cache_dir=args.dir, log=_log)
     for name, path in paths.items():
@@ -134,6 +139,121 @@ def _cmd_compare(args):
     return 0
 
 
+def _add_methods(sub):
+    p = sub.add_parser("methods", help="list the training methods", description="List every training method with one line.")
+    p.set_defaults(handler=_cmd_methods)
+
+
+def _cmd_methods(args):
+    from dicyc.methods import list_methods
+
+    for name, description in list_methods():
+        print(f"{name:16s} {description}")
+    return 0
+
+
+#: train options that mirror JSON config keys: (flag, key, type, help)
+TRAIN_OPTIONS = [
+    ("--modality-a", "modality_a", str, "modality of domain A: CT or an MR weighting such as MR, T1, T2, PD (default MR)"),
+    ("--modality-b", "modality_b", str, "modality of domain B (default CT)"),
+    ("--name-a", "name_a", str, "display name of domain A (default: its modality)"),
+    ("--name-b", "name_b", str, "display name of domain B (default: its modality)"),
+    ("--ngf", "ngf", int, "generator base channels (papers: 64)"),
+    ("--n-blocks", "n_blocks", int, "generator residual blocks (papers: 9 or 6)"),
+    ("--ndf", "ndf", int, "discriminator base channels (papers: 64)"),
+    ("--upsample", "upsample", str, "transpose (reference) or resize (against checkerboard artefacts)"),
+    ("--slice-size", "slice_size", int, "training slice size in pixels, a multiple of 4 (default 128)"),
+    ("--batch-size", "batch_size", int, "slices per domain per iteration (papers: 1)"),
+    ("--lr", "lr", float, "Adam learning rate (2e-4)"),
+    ("--iterations", "iterations", int, "a fixed iteration count (constant lr for half, then linear decay)"),
+    ("--epochs", "max_epochs", int, "epochs at most, with the papers' early-stop rule (when --iterations is not set)"),
+    ("--epoch-length", "epoch_length", int, "iterations per epoch (default: slices of the larger domain / batch size)"),
+    ("--checkpoint-every", "checkpoint_every", int, "iterations between checkpoints (also one per epoch)"),
+    ("--sampling", "sampling", str, "random, same-patient or position (Yang et al. 2018)"),
+    ("--seed", "seed", int, "random seed (default 0)"),
+]
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a synthesis model (any method of `dicyc methods`)",
+        description="Train an unpaired synthesis model between domain A and domain B. Options mirror the keys "
+        "of --config (JSON); flags override the file. Runs unchanged under `torchrun --nproc_per_node N`.",
+    )
+    p.add_argument("--method", help="training method (default cyclegan; see `dicyc methods`)")
+    p.add_argument("--a", nargs="+", metavar="A", help="domain A volumes: files, folders or list files")
+    p.add_argument("--b", nargs="+", metavar="B", help="domain B volumes: files, folders or list files")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, model, previews, events)")
+    p.add_argument("--config", metavar="JSON", help="JSON file of training options")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--progress-jsonl", metavar="FILE", help="also write the JSON-lines events to FILE")
+    for flag, key, typ, text in TRAIN_OPTIONS:
+        p.add_argument(flag, dest=key, type=typ, help=text)
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="in-plane training spacing in mm (default 1.8)")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="turn augmentation off")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args):
+    from dicyc.train import prepare_run, train
+
+    overrides = {key: getattr(args, key) for _, key, _, _ in TRAIN_OPTIONS}
+    overrides["spacing"] = args.spacing
+    overrides["augment"] = args.augment
+    config, a, b = prepare_run(args.out, args.method, args.a, args.b, args.config, overrides, resume=args.resume)
+    model = train(a, b, args.out, config, resume=args.resume, device=args.device, progress_jsonl=args.progress_jsonl, log=_log)
+    print(model)
+    return 0
+
+
+def _add_synthesize(sub):
+    p = sub.add_parser(
+        "synthesize",
+        help="synthesise a volume of the other domain (e.g. CT from MR)",
+        description="Run a trained model slice by slice on a volume. The output has the input's exact size, "
+        "spacing, origin and direction (it overlays the input voxel for voxel); CT comes out in HU.",
+    )
+    p.add_argument("--model", required=True, metavar="M", help="model file (.safetensors written by dicyc train)")
+    p.add_argument("--input", required=True, metavar="IN", help="input volume (file or DICOM folder)")
+    p.add_argument("--output", required=True, metavar="OUT", help="output volume (.nii.gz, .nrrd, .mha, … or a folder for DICOM)")
+    p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="a2b (default) or b2a; see the model card")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto uses bf16/fp16 only where it is fast here and stays within 40 dB PSNR of fp32")
+    p.add_argument("--batch", type=int, default=8, metavar="N", help="slices per batch (default 8)")
+    p.add_argument("--views", default="axial", help="comma-separated planes to average: axial (default), "
+                   "or axial,coronal,sagittal against slice-to-slice flicker")
+    p.set_defaults(handler=_cmd_synthesize)
+
+
+def _cmd_synthesize(args):
+    from dicyc.events import ProgressBar
+    from dicyc.synthesize import synthesize_file
+
+    views = tuple(v.strip() for v in args.views.split(",") if v.strip())
+    bad = [v for v in views if v not in ("axial", "coronal", "sagittal")]
+    if bad or not views:
+        raise DicycError(f"--views takes axial, coronal and/or sagittal; got {args.views!r}.")
+    if args.batch < 1:
+        raise DicycError(f"--batch must be at least 1; got {args.batch}.")
+    bars = {}
+
+    def progress(done, total):
+        bar = bars.setdefault("bar", ProgressBar(total, label="synthesize"))
+        bar.update(done)
+
+    info = synthesize_file(args.model, args.input, args.output, direction=args.direction, device=args.device,
+                           precision=args.precision, batch=args.batch, views=views, progress=progress)
+    if "bar" in bars:
+        bars["bar"].close()
+    _log(f"synthesised {info.get('slices')} slices on {info.get('device')} in {info.get('precision')} "
+         f"({info.get('seconds', 0):.1f} s)")
+    print(args.output)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="dicyc",
@@ -143,6 +263,9 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_samples(sub)
+    _add_methods(sub)
+    _add_train(sub)
+    _add_synthesize(sub)
     _add_evaluate(sub)
     _add_compare(sub)
     return parser
