@@ -130,3 +130,22 @@ def test_n4_removes_a_smooth_bias_and_keeps_the_grid():
     cv_before = biased.array[inside].std() / biased.array[inside].mean()
     cv_after = out.array[inside].std() / out.array[inside].mean()
     assert cv_after < 0.6 * cv_before
+
+
+def test_canonical_orientation_matches_dicomorient_and_inverts_exactly():
+    import SimpleITK as sitk
+
+    from dicyc.preprocess import from_canonical_array, to_canonical
+
+    rng = np.random.default_rng(1)
+    # a sagittally acquired, flipped, slightly oblique grid
+    d = np.array([[0.0, 0.0, -1.0], [0.999, -0.0447, 0.0], [0.0447, 0.999, 0.0]])
+    d /= np.linalg.norm(d, axis=0)
+    vol = Volume(rng.normal(size=(6, 7, 8)).astype(np.float32), (0.7, 0.8, 2.0), (10.0, -20.0, 30.0), d)
+    canon, axes = to_canonical(vol)
+    expected = sitk.DICOMOrient(vol.to_sitk(), "LPS")
+    np.testing.assert_array_equal(canon.array, sitk.GetArrayFromImage(expected))
+    np.testing.assert_allclose(canon.spacing, expected.GetSpacing())
+    np.testing.assert_allclose(canon.origin, expected.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(canon.direction.ravel(), expected.GetDirection(), atol=1e-12)
+    np.testing.assert_array_equal(from_canonical_array(canon.array, axes), vol.array)

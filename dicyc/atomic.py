@@ -21,6 +21,12 @@ def split_extension(path):
     return stem, ext
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target):
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
@@ -35,8 +41,11 @@ def atomic_path(target):
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"writer produced no file for {target}")
-        with open(tmp, "rb+") as fh:  # make the bytes durable before the rename publishes them
-            os.fsync(fh.fileno())
+        if tmp.is_file():
+            with open(tmp, "rb+") as fh:  # make the bytes durable before the rename publishes them
+                os.fsync(fh.fileno())
+            # some writers create private (0600) files; published results follow the umask
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -31,7 +31,7 @@ from dicyc.errors import DicycError
 from dicyc.volume import IMAGE_EXTENSIONS
 
 #: Bump when the preprocessing changes, so old cache entries are never reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 #: Fraction of the slice area the body must cover for a slice to be drawn.
 BODY_FRACTION = 0.01
@@ -222,11 +222,13 @@ def _resample_in_plane(vol, spacing):
 
 def _preprocess(path, modality, spacing, slice_size, mr_method):
     """One volume → (float16 array (z, S, S) in [-1, 1], sidecar dict). Frees as it goes."""
-    from dicyc.preprocess import body_mask, crop_pad_axial, mr_normalization, normalization_for
+    from dicyc.preprocess import body_mask, crop_pad_axial, mr_normalization, normalization_for, to_canonical
     from dicyc.volume import check_not_constant, read_volume
 
     vol = read_volume(path)  # refuses 2-D, 4-D, colour, NaN/Inf
     check_not_constant(vol, path)
+    # axial slices in one in-plane orientation for every volume, whatever the acquisition
+    vol = to_canonical(vol)[0]
     source = {"shape": list(vol.shape), "spacing": list(vol.spacing)}
     target = (float(spacing[0]), float(spacing[1]), vol.spacing[2])
     if not np.allclose(vol.spacing, target, rtol=1e-6, atol=1e-6):

@@ -4,6 +4,8 @@ Synthesis must return a volume on the input's exact grid with intensities in the
 domain's units, so every step here that synthesis uses is invertible and records its inverse
 as plain numbers (JSON-serialisable), to travel in a model card:
 
+* :func:`to_canonical` / :func:`from_canonical_array` — axial slices whatever the acquisition:
+  every volume is viewed in one orientation (LPS) by exact axis permutations and flips.
 * :func:`resample_to_spacing` / :func:`resample_to_grid` — linear for images, nearest for masks.
 * :func:`crop_pad_axial` / :func:`uncrop_axial` — fit axial slices to a square size around the body.
 * :func:`body_mask` — threshold + largest connected component + hole filling.
@@ -23,6 +25,69 @@ def _sitk():
     import SimpleITK as sitk
 
     return sitk
+
+
+# ===================================================================== orientation
+def canonical_axes(direction):
+    """For each patient axis L, P, S: (source ITK axis, flipped?) of a grid with ``direction``.
+
+    The source axis is the image axis (0 = i/x, 1 = j/y, 2 = k/z) closest to that patient axis,
+    flipped where it runs the opposite way — the orientation ``sitk.DICOMOrient(image, "LPS")``
+    produces. Networks train on slices along the canonical S axis, so a sagittally acquired MR
+    and an axial CT both give axial slices, in one in-plane orientation.
+    """
+    import itertools
+
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[t, p[t]]) for t in range(3)))
+    return tuple((int(best[t]), bool(d[t, best[t]] < 0)) for t in range(3))
+
+
+def _canonical_perm(axes):
+    # numpy axis of ITK axis a is 2 - a; the canonical numpy order is (S, P, L) = ITK (2, 1, 0)
+    return [2 - axes[2][0], 2 - axes[1][0], 2 - axes[0][0]]
+
+
+def canonical_array(array, axes):
+    """View (no copy) of a (z, y, x) array as (S, P, L): indices increase superior, posterior, left."""
+    view = np.transpose(array, _canonical_perm(axes))
+    for numpy_axis, (_, flip) in zip((2, 1, 0), axes):
+        if flip:
+            view = np.flip(view, axis=numpy_axis)
+    return view
+
+
+def from_canonical_array(array, axes):
+    """Inverse of :func:`canonical_array`: back to the source grid's (z, y, x) layout (a view)."""
+    view = array
+    for numpy_axis, (_, flip) in zip((2, 1, 0), axes):
+        if flip:
+            view = np.flip(view, axis=numpy_axis)
+    return np.transpose(view, np.argsort(_canonical_perm(axes)))
+
+
+def canonical_index(point, size, axes):
+    """Voxel index (i, j, k) of the source grid → index (L, P, S) of the canonical view."""
+    return tuple((size[src] - 1 - point[src]) if flip else point[src] for src, flip in axes)
+
+
+def to_canonical(volume):
+    """The same voxels, viewed in canonical LPS orientation, with matching geometry.
+
+    Returns (volume, axes); ``from_canonical_array(result.array, axes)`` gives back the
+    original array exactly, so a synthesis can be put back onto its input's grid.
+    """
+    axes = canonical_axes(volume.direction)
+    size = volume.size
+    direction = np.zeros((3, 3))
+    start = [0, 0, 0]
+    for t, (src, flip) in enumerate(axes):
+        direction[:, t] = volume.direction[:, src] * (-1.0 if flip else 1.0)
+        if flip:
+            start[src] = size[src] - 1
+    origin = (volume.ijk_to_lps() @ np.array([*start, 1.0]))[:3]
+    spacing = [volume.spacing[src] for src, _ in axes]
+    return Volume(canonical_array(volume.array, axes), spacing, origin, direction), axes
 
 
 # ===================================================================== resampling

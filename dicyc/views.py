@@ -19,7 +19,6 @@ every file is written atomically.
 """
 
 import io
-import itertools
 import json
 import math
 import warnings
@@ -106,32 +105,10 @@ def error_image(a, b):
 
 
 # ===================================================================== orientation
-def lps_axes(direction):
-    """How to view an ITK-ordered grid in LPS order: (source axis, flip) for L, P and S.
-
-    For each patient axis (L, P, S) the image axis (0 = i/x, 1 = j/y, 2 = k/z) closest to it
-    and whether that axis runs the opposite way. This is the orientation ``sitk.DICOMOrient(
-    image, "LPS")`` produces, but as index permutations and flips, so the display works on views
-    of the arrays without resampling or copying them.
-    """
-    d = np.asarray(direction, dtype=float).reshape(3, 3)
-    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[t, p[t]]) for t in range(3)))
-    return tuple((int(best[t]), bool(d[t, best[t]] < 0)) for t in range(3))
-
-
-def _to_lps(array, axes):
-    """View of a (z, y, x) array as (S, P, L): index [k_S, j_P, i_L] increases superior, posterior, left."""
-    # numpy axis of ITK axis a is 2 - a; output numpy order is (S, P, L) = ITK (2, 1, 0)
-    view = np.transpose(array, [2 - axes[2][0], 2 - axes[1][0], 2 - axes[0][0]])
-    for numpy_axis, (_, flip) in zip((2, 1, 0), axes):
-        if flip:
-            view = np.flip(view, axis=numpy_axis)
-    return view
-
-
-def _point_to_lps(point, size, axes):
-    """Voxel index (i, j, k) of the original grid → index (L, P, S) of the LPS view."""
-    return tuple((size[src] - 1 - point[src]) if flip else point[src] for src, flip in axes)
+# The LPS display view is the engine's canonical orientation (dicyc.preprocess).
+from dicyc.preprocess import canonical_axes as lps_axes  # noqa: E402
+from dicyc.preprocess import canonical_array as _to_lps  # noqa: E402
+from dicyc.preprocess import canonical_index as _point_to_lps  # noqa: E402
 
 
 # ===================================================================== validation
