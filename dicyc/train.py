@@ -1,0 +1,510 @@
+"""The one training loop every method runs (``dicyc train``).
+
+It owns what every method shares: configuration, data, devices, the optimisers and the
+schedule, checkpoints and exact resume, the JSON-lines events, previews and the loss curve,
+and multi-process data parallelism under ``torchrun``. What differs between methods — the
+networks and the losses of each step — comes from a recipe in :mod:`dicyc.methods`.
+
+Output folder of a run::
+
+    config.json              the resolved configuration (resume reads it back)
+    checkpoint.safetensors   everything to continue exactly (atomic; the latest)
+    model.safetensors        the synthesis model at the latest checkpoint (with its model card)
+    model_best.safetensors   the synthesis model of the best epoch (lowest monitored loss)
+    events.jsonl             the JSON-lines events (also to --progress-jsonl)
+    previews/epoch_NNNN.png  A→B and B→A on fixed slices, once per epoch
+    loss_curve.png           losses over iterations
+"""
+
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+from dicyc import __version__
+from dicyc.atomic import write_text
+from dicyc.errors import DicycError
+
+DEFAULT_CONFIG = {
+    "method": "cyclegan",
+    # data
+    "modality_a": "MR",
+    "modality_b": "CT",
+    "name_a": None,
+    "name_b": None,
+    "spacing": [1.8, 1.8],
+    "slice_size": 128,
+    "sampling": "random",
+    "position_offset": 5,
+    "augment": True,
+    "mr_normalization": "percentile",
+    # networks
+    "ngf": 64,
+    "n_blocks": 9,
+    "ndf": 64,
+    "upsample": "transpose",
+    # optimisation (CycleGAN reference values)
+    "batch_size": 1,
+    "lr": 2e-4,
+    "beta1": 0.5,
+    "beta2": 0.999,
+    "lambda_cycle": 10.0,
+    "lambda_identity": 0.0,
+    "pool_size": 50,
+    # schedule: a fixed iteration count, or epochs with the papers' early-stop rule
+    "iterations": None,
+    "epoch_length": None,
+    "max_epochs": 200,
+    "patience_constant": 10,
+    "patience_decay": 20,
+    "decay_epochs": 100,
+    # bookkeeping
+    "checkpoint_every": 500,
+    "log_every": 10,
+    "seed": 0,
+    "cache_dir": None,
+}
+
+#: keys that fix the networks or the data space: a resumed run cannot change them.
+FROZEN_ON_RESUME = ("method", "ngf", "n_blocks", "ndf", "upsample", "slice_size", "spacing", "modality_a", "modality_b")
+
+_INT_KEYS = ("slice_size", "position_offset", "ngf", "n_blocks", "ndf", "batch_size", "pool_size", "max_epochs",
+             "patience_constant", "patience_decay", "decay_epochs", "checkpoint_every", "log_every", "seed")
+_FLOAT_KEYS = ("lr", "beta1", "beta2", "lambda_cycle", "lambda_identity")
+
+
+# ===================================================================== configuration
+def load_config_file(path):
+    """Read a JSON config; unknown keys are refused (a typo must not be silently ignored)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DicycError(f"{path} does not exist.") from None
+    except ValueError as exc:
+        raise DicycError(f"{path} is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise DicycError(f"{path} must hold a JSON object of training options.")
+    return data
+
+
+def resolve_config(file_config=None, overrides=None, recipe_defaults=None):
+    """Defaults ← method defaults ← config file ← command-line overrides, validated."""
+    config = dict(DEFAULT_CONFIG)
+    config.update(recipe_defaults or {})
+    for source in (file_config or {}, {k: v for k, v in (overrides or {}).items() if v is not None}):
+        unknown = sorted(set(source) - set(config))
+        if unknown:
+            raise DicycError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(config))}.")
+        config.update(source)
+    return validate_config(config)
+
+
+def validate_config(config):
+    for key in _INT_KEYS:
+        try:
+            config[key] = int(config[key])
+        except (TypeError, ValueError):
+            raise DicycError(f"training option {key} must be an integer; got {config[key]!r}.") from None
+    for key in _FLOAT_KEYS:
+        try:
+            config[key] = float(config[key])
+        except (TypeError, ValueError):
+            raise DicycError(f"training option {key} must be a number; got {config[key]!r}.") from None
+    for key in ("slice_size", "ngf", "n_blocks", "ndf", "batch_size", "checkpoint_every", "log_every", "max_epochs"):
+        if config[key] < 1:
+            raise DicycError(f"training option {key} must be at least 1; got {config[key]}.")
+    if config["slice_size"] % 4:
+        raise DicycError(f"slice_size must be a multiple of 4 (two stride-2 stages); got {config['slice_size']}.")
+    if config["iterations"] is not None:
+        config["iterations"] = int(config["iterations"])
+        if config["iterations"] < 1:
+            raise DicycError(f"iterations must be at least 1; got {config['iterations']}.")
+    if config["epoch_length"] is not None:
+        config["epoch_length"] = int(config["epoch_length"])
+        if config["epoch_length"] < 1:
+            raise DicycError(f"epoch_length must be at least 1; got {config['epoch_length']}.")
+    spacing = config["spacing"]
+    if isinstance(spacing, (int, float)):
+        spacing = [spacing, spacing]
+    elif isinstance(spacing, (list, tuple)) and len(spacing) == 1:
+        spacing = [spacing[0], spacing[0]]
+    try:
+        config["spacing"] = [float(s) for s in spacing]
+    except (TypeError, ValueError):
+        raise DicycError(f"spacing must be one or two numbers (mm); got {spacing!r}.") from None
+    if len(config["spacing"]) != 2 or min(config["spacing"]) <= 0:
+        raise DicycError(f"spacing must be two positive in-plane values (mm); got {spacing!r}.")
+    if config["sampling"] not in ("random", "same-patient", "position"):
+        raise DicycError(f"sampling must be random, same-patient or position; got {config['sampling']!r}.")
+    if config["upsample"] not in ("transpose", "resize"):
+        raise DicycError(f"upsample must be transpose or resize; got {config['upsample']!r}.")
+    config["name_a"] = config["name_a"] or config["modality_a"]
+    config["name_b"] = config["name_b"] or config["modality_b"]
+    return config
+
+
+# ===================================================================== distributed
+class Distributed:
+    """Data parallelism across processes started by ``torchrun``.
+
+    Gradients are averaged across ranks explicitly after each backward (one flattened
+    all-reduce per optimiser step) instead of through the ``DistributedDataParallel`` wrapper:
+    a GAN iteration runs the same network several times per backward and runs discriminators
+    inside the generator loss without stepping them, which DDP's bucketed reducer does not
+    model; explicit averaging is the same algorithm with none of those pitfalls. Parameters
+    are broadcast from rank 0 at the start, so all ranks stay identical.
+    """
+
+    def __init__(self, device):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        self.enabled = self.world_size > 1
+        if self.enabled:
+            import torch
+            import torch.distributed as dist
+
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                self.device = torch.device("cuda", local)
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group(backend)
+            self.rank = dist.get_rank()
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def broadcast_parameters(self, nets):
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for net in nets.values():
+            for tensor in net.state_dict().values():
+                dist.broadcast(tensor, 0)
+
+    def average_gradients(self, params):
+        if not self.enabled:
+            return
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
+            offset += n
+
+    def close(self):
+        if self.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+# ===================================================================== figures
+def _save_preview(path, nets, fixed_a, fixed_b, names):
+    """A→B→A and B→A→B on fixed slices, as a 2×3 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from dicyc.atomic import atomic_path
+
+    with torch.no_grad():
+        fake_b = nets["G_AB"](fixed_a)
+        rec_a = nets["G_BA"](fake_b)
+        fake_a = nets["G_BA"](fixed_b)
+        rec_b = nets["G_AB"](fake_a)
+    a, b = names
+    rows = [
+        (fixed_a, f"real {a}"), (fake_b, f"{a}→{b}"), (rec_a, f"{a}→{b}→{a}"),
+        (fixed_b, f"real {b}"), (fake_a, f"{b}→{a}"), (rec_b, f"{b}→{a}→{b}"),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.2))
+    for ax, (img, title) in zip(axes.ravel(), rows):
+        ax.imshow(img[0, 0].float().cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
+def _save_loss_curve(path, history):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dicyc.atomic import atomic_path
+
+    if not history:
+        return
+    names = sorted({k for h in history for k in h["losses"]})
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    its = [h["iteration"] for h in history]
+    for name in names:
+        ax.plot(its, [h["losses"].get(name, float("nan")) for h in history], label=name, linewidth=1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
+# ===================================================================== model card
+def model_card(recipe, config, data_a, data_b, iterations_done, epoch):
+    return {
+        "format": "dicyc-model",
+        "format_version": 1,
+        "method": recipe.name,
+        "architecture": recipe.architecture(),
+        "domains": {
+            "a": {"name": config["name_a"], "modality": config["modality_a"], "normalization": data_a.normalization_summary()},
+            "b": {"name": config["name_b"], "modality": config["modality_b"], "normalization": data_b.normalization_summary()},
+        },
+        "spacing": list(config["spacing"]),
+        "slice_size": config["slice_size"],
+        "training": dict(config, iterations_done=int(iterations_done), epoch=int(epoch)),
+        "code_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ===================================================================== the loop
+def _fixed_slice(data):
+    """The middle body slice of the first volume: the same preview every epoch."""
+    import numpy as np
+    import torch
+
+    idx = data.body_slices[0][len(data.body_slices[0]) // 2]
+    arr = np.asarray(data.volumes[0][idx], dtype=np.float32)
+    return torch.from_numpy(arr)[None, None]
+
+
+def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=None, log=None, show_progress=None,
+          on_checkpoint=None):
+    """Train ``config["method"]`` on domains ``a`` and ``b`` into ``out_dir``; returns the model path.
+
+    ``a``/``b`` are volume specs (files, folders, list files; see :func:`dicyc.data.list_volumes`).
+    ``on_checkpoint(nets, iteration, rank)`` is called on every rank at each checkpoint, for
+    scripts that embed training (and the test that checks ranks stay in sync).
+    """
+    import numpy as np
+    import torch
+
+    from dicyc.checkpoint import load_checkpoint, save_checkpoint
+    from dicyc.data import DomainData, UnpairedSampler, augment, list_volumes
+    from dicyc.device import resolve_device
+    from dicyc.events import EventLog, ProgressBar
+    from dicyc.losses import ImagePool
+    from dicyc.methods import get_method
+    from dicyc.modelfile import save_model
+    from dicyc.samples import default_cache_dir
+    from dicyc.schedule import Schedule
+
+    log = log or (lambda message: None)
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / "checkpoint.safetensors"
+    dist = Distributed(resolve_device(device))
+    dev = dist.device
+    out_dir.mkdir(parents=True, exist_ok=True)
+    events = EventLog([out_dir / "events.jsonl", progress_jsonl] if dist.is_main else [])
+    started = time.monotonic()
+    try:
+        recipe = get_method(config["method"])(config)
+        paths_a, paths_b = list_volumes(a), list_volumes(b)
+        cache = Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_dir() / "slices"
+        spacing, size = config["spacing"], config["slice_size"]
+        log(f"preparing domain A ({config['name_a']}, {len(paths_a)} volume(s)) and B ({config['name_b']}, {len(paths_b)})")
+        data_a = DomainData.prepare(paths_a, config["modality_a"], spacing, size, cache, log=log, mr_method=config["mr_normalization"])
+        data_b = DomainData.prepare(paths_b, config["modality_b"], spacing, size, cache, log=log, mr_method=config["mr_normalization"])
+
+        torch.manual_seed(config["seed"])
+        np.random.seed(config["seed"])
+        nets = {name: net.to(dev) for name, net in recipe.build_networks().items()}
+        dist.broadcast_parameters(nets)
+        groups = recipe.optimizer_groups()
+        optimizers = {
+            name: torch.optim.Adam(
+                [p for n in members for p in nets[n].parameters()], lr=config["lr"], betas=(config["beta1"], config["beta2"])
+            )
+            for name, members in groups.items()
+        }
+        aug_gen = torch.Generator().manual_seed(config["seed"] * 1000 + 17 + dist.rank)
+        pool_gen = torch.Generator().manual_seed(config["seed"] * 1000 + 29 + dist.rank)
+        pools = {name: ImagePool(config["pool_size"], pool_gen) for name in recipe.pools()}
+        sampler = UnpairedSampler(
+            data_a, data_b, config["batch_size"], mode=config["sampling"], offset=config["position_offset"],
+            seed=config["seed"], rank=dist.rank, world_size=dist.world_size,
+        )
+        epoch_length = config["epoch_length"] or max(1, max(data_a.n_slices, data_b.n_slices) // config["batch_size"])
+        schedule = Schedule(config, epoch_length)
+        iteration, epoch, history, epoch_losses = 0, 0, [], {}
+        if resume and ckpt_path.exists():
+            extra = load_checkpoint(ckpt_path, nets, optimizers, pools, dev, {"augment": aug_gen, "pool": pool_gen})
+            iteration, epoch, history = extra["iteration"], extra["epoch"], extra["history"]
+            epoch_losses = extra.get("epoch_losses", {})
+            schedule.load_state_dict(extra["schedule"])
+            sampler.load_state_dict(extra["sampler"])  # one state fits every rank (per-rank streams)
+            log(f"resuming {out_dir} from iteration {iteration} (epoch {epoch})")
+        total = schedule.total_iterations
+        fixed_a, fixed_b = _fixed_slice(data_a).to(dev), _fixed_slice(data_b).to(dev)
+        names = (config["name_a"], config["name_b"])
+
+        def write_outputs(kind, improved=False):
+            """Checkpoint + latest model (+ best model); only rank 0 writes."""
+            if on_checkpoint is not None:
+                on_checkpoint(nets, iteration, dist.rank)
+            if not dist.is_main:
+                return
+            extra = {
+                "iteration": iteration, "epoch": epoch, "history": history, "epoch_losses": epoch_losses,
+                "schedule": schedule.state_dict(), "sampler": sampler.state_dict(), "config": config,
+            }
+            save_checkpoint(ckpt_path, nets, optimizers, pools, extra, {"augment": aug_gen, "pool": pool_gen})
+            card = model_card(recipe, config, data_a, data_b, iteration, epoch)
+            synth = {n: nets[n] for n in recipe.synthesis_networks()}
+            save_model(out_dir / "model.safetensors", synth, card)
+            events.emit("checkpoint", iteration=iteration, epoch=epoch, total_iterations=total, path=str(ckpt_path),
+                        message=kind)
+            if improved:
+                save_model(out_dir / "model_best.safetensors", synth, card)
+
+        events.emit("start", iteration=iteration, epoch=epoch, total_iterations=total, path=str(out_dir),
+                    message=f"{recipe.name}: {len(paths_a)} {names[0]} and {len(paths_b)} {names[1]} volume(s) on {dev}"
+                    + (f", {dist.world_size} processes" if dist.enabled else ""))
+        bar = ProgressBar(total, label=recipe.name, enabled=show_progress if dist.is_main else False)
+        run_start_it, run_start_t = iteration, time.monotonic()
+        steps = recipe.steps()
+        recent = {}
+        stopped = schedule.state["stopped"]
+        while iteration < total and not stopped:
+            real_a, real_b = next(sampler)
+            real_a, real_b = real_a.to(dev), real_b.to(dev)
+            if config["augment"]:
+                real_a, real_b = augment(real_a, aug_gen), augment(real_b, aug_gen)
+            lr = config["lr"] * schedule.lr_factor(iteration)
+            ctx = {"real_a": real_a, "real_b": real_b, "pools": pools, "iteration": iteration}
+            logged = {}
+            for opt_name, step in steps:
+                members = set(groups[opt_name])
+                for name, net in nets.items():
+                    net.requires_grad_(name in members)
+                opt = optimizers[opt_name]
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                loss, values = step(nets, ctx)
+                loss.backward()
+                dist.average_gradients([p for g in opt.param_groups for p in g["params"]])
+                opt.step()
+                logged.update(values)
+            iteration += 1
+            for k, v in logged.items():
+                recent.setdefault(k, []).append(v)
+                epoch_losses.setdefault(k, []).append(v)
+            elapsed = time.monotonic() - run_start_t
+            rate = (iteration - run_start_it) / elapsed if elapsed > 0 else None
+            eta = (total - iteration) / rate if rate else None
+            bar.update(iteration, eta_s=eta, rate=rate, suffix=" ".join(f"{k}={np.mean(v):.3f}" for k, v in sorted(recent.items())[:4]))
+            if iteration % config["log_every"] == 0 or iteration == total:
+                means = {k: float(np.mean(v)) for k, v in recent.items()}
+                history.append({"iteration": iteration, "losses": means})
+                events.emit("iteration", iteration=iteration, epoch=epoch, total_iterations=total, losses=means, lr=lr,
+                            elapsed_s=round(time.monotonic() - started, 2), eta_s=None if eta is None else round(eta, 1))
+                recent = {}
+            epoch_done = iteration % epoch_length == 0 or iteration == total
+            if epoch_done:
+                epoch += 1
+                means = {k: float(np.mean(v)) for k, v in epoch_losses.items()}
+                improved, stopped = schedule.end_epoch(recipe.monitored_loss(means), iteration)
+                epoch_losses = {}
+                events.emit("epoch", iteration=iteration, epoch=epoch, total_iterations=total, losses=means, lr=lr,
+                            elapsed_s=round(time.monotonic() - started, 2), eta_s=None if eta is None else round(eta, 1),
+                            message=schedule.state["phase"])
+                write_outputs("epoch", improved)
+                if dist.is_main:
+                    preview = out_dir / "previews" / f"epoch_{epoch:04d}.png"
+                    _save_preview(preview, nets, fixed_a, fixed_b, names)
+                    _save_loss_curve(out_dir / "loss_curve.png", history)
+                    events.emit("preview", iteration=iteration, epoch=epoch, path=str(preview))
+            elif iteration % config["checkpoint_every"] == 0:
+                write_outputs("iteration")
+        bar.close()
+        if not (out_dir / "model.safetensors").exists():
+            write_outputs("final")
+        events.emit("done", iteration=iteration, epoch=epoch, total_iterations=total,
+                    elapsed_s=round(time.monotonic() - started, 2), path=str(out_dir / "model.safetensors"),
+                    message="stopped early: loss stopped improving" if stopped and iteration < total else "finished")
+        return out_dir / "model.safetensors"
+    except DicycError as exc:
+        events.emit("error", message=str(exc))
+        raise
+    except Exception as exc:  # a bug: still tell followers the run ended, then keep the traceback
+        events.emit("error", message=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        events.close()
+        dist.close()
+
+
+def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=False):
+    """Resolve the configuration of a new or resumed run and write ``config.json``.
+
+    Returns (config, a, b). A new run refuses a folder that already holds a checkpoint (so no
+    work is overwritten by accident); a resumed run reads the saved configuration and data
+    specs, and refuses changes that would not fit the saved networks.
+    """
+    from dicyc.methods import get_method
+
+    out_dir = Path(out_dir)
+    saved_path = out_dir / "config.json"
+    overrides = dict(overrides or {})
+    if method:
+        overrides["method"] = method
+    if resume:
+        if not (out_dir / "checkpoint.safetensors").exists():
+            raise DicycError(f"{out_dir} holds no checkpoint to resume (checkpoint.safetensors is missing).")
+        saved = json.loads(saved_path.read_text())
+        config = saved["config"]
+        file_config = load_config_file(config_file) if config_file else {}
+        for key, value in list(file_config.items()) + list(overrides.items()):
+            if value is not None and key in FROZEN_ON_RESUME and value != config.get(key):
+                raise DicycError(f"{key} cannot change when resuming (the run was trained with {config.get(key)!r}).")
+        config = resolve_config(config, {**file_config, **overrides})
+        a = a or saved["a"]
+        b = b or saved["b"]
+    else:
+        if (out_dir / "checkpoint.safetensors").exists():
+            raise DicycError(f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out.")
+        if not a or not b:
+            raise DicycError("training needs both --a and --b (volumes of the two domains).")
+        file_config = load_config_file(config_file) if config_file else {}
+        name = overrides.get("method") or file_config.get("method") or DEFAULT_CONFIG["method"]
+        recipe_cls = get_method(name)
+        config = resolve_config(file_config, overrides, getattr(recipe_cls, "defaults", None))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    norm = lambda spec: [str(Path(s).resolve()) for s in spec] if isinstance(spec, (list, tuple)) else str(Path(spec).resolve())
+    a, b = norm(a), norm(b)
+    write_text(saved_path, json.dumps({"config": config, "a": a, "b": b}, indent=2))
+    return config, a, b
