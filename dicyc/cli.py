@@ -223,6 +223,8 @@ def _add_synthesize(sub):
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto uses bf16/fp16 only where it is fast here and stays within 40 dB PSNR of fp32")
     p.add_argument("--batch", type=int, default=8, metavar="N", help="slices per batch (default 8)")
+    p.add_argument("--target", metavar="MODALITY", help="refuse a model that does not synthesise this modality or "
+                   "domain name (e.g. CT), so a PD→T2 model cannot be used by mistake")
     p.add_argument("--views", default="axial", help="comma-separated planes to average: axial (default), "
                    "or axial,coronal,sagittal against slice-to-slice flicker")
     p.set_defaults(handler=_cmd_synthesize)
@@ -245,7 +247,8 @@ def _cmd_synthesize(args):
         bar.update(done)
 
     info = synthesize_file(args.model, args.input, args.output, direction=args.direction, device=args.device,
-                           precision=args.precision, batch=args.batch, views=views, progress=progress)
+                           precision=args.precision, batch=args.batch, views=views, progress=progress,
+                           expect_target=args.target)
     if "bar" in bars:
         bars["bar"].close()
     _log(f"synthesised {info.get('slices')} slices on {info.get('device')} in {info.get('precision')} "

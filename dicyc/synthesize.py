@@ -1,0 +1,598 @@
+"""Volume → synthetic volume with a trained 2-D generator.
+
+The generator was trained on axial slices at the card's in-plane spacing with intensities in
+[-1, 1], so synthesis (1) maps the input's intensities the way training did, (2) resamples
+in-plane to the training spacing, (3) runs the generator slice by slice on full-size slices
+(it is fully convolutional; each slice is only padded to a multiple of 4), (4) maps the output
+back to the target domain's units (HU for CT) and (5) resamples onto the input's exact grid,
+so the result overlays the input voxel for voxel.
+
+Memory: a 512x512x300 CT is ~300 MB per float32 copy. Resampling runs slab by slab
+(:func:`resample_slabs`) straight into one float32 array, so SimpleITK never holds a
+whole-volume copy; the model-space volume is built once and normalised in place; generator
+results go batch by batch into one preallocated float32 array; the inverse intensity map runs
+in place; and each whole-volume intermediate is dropped as soon as the next step no longer
+needs it (see :func:`synthesize_volume_with_info`).
+"""
+
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from dicyc.errors import DicycError
+from dicyc.preprocess import Normalization, body_mask, from_canonical_array, mr_normalization, to_canonical
+from dicyc.volume import Volume, check_finite_values, check_not_constant
+
+DIRECTIONS = {"a2b": ("a", "b"), "b2a": ("b", "a")}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+VIEWS = ("axial", "coronal", "sagittal")
+_VIEW_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+#: "auto" keeps low precision only if its output is this close to fp32 on a probe batch.
+PSNR_THRESHOLD_DB = 40.0
+#: Axes whose spacing is within this fraction of the model's are not resampled: a 1 % scale
+#: change is far inside training augmentation, and skipping saves two interpolation blurs.
+SPACING_TOLERANCE = 0.01
+#: Slices are padded to a multiple of 4 (two stride-2 stages) and at least 8 pixels
+#: (the residual blocks' reflection padding needs 2 latent pixels).
+_MULTIPLE = 4
+_MIN_SIDE = 8
+
+
+def _sitk():
+    import SimpleITK as sitk
+
+    return sitk
+
+
+# ===================================================================== checks
+def _model_name(model):
+    path = getattr(model, "path", None)
+    return str(path) if path is not None else "the model"
+
+
+def _check_direction(direction):
+    if direction not in DIRECTIONS:
+        raise DicycError(f"unknown direction {direction!r}; use 'a2b' or 'b2a'.")
+
+
+def _check_options(precision, batch, views):
+    if precision not in PRECISIONS:
+        raise DicycError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise DicycError(f"the batch size must be a positive integer, got {batch!r}.")
+    if isinstance(views, str):
+        views = (views,)
+    views = tuple(views)
+    if not views:
+        raise DicycError("at least one view (axial, coronal or sagittal) is needed.")
+    for v in views:
+        if v not in VIEWS:
+            raise DicycError(f"unknown view {v!r}; use axial, coronal or sagittal.")
+    if len(set(views)) != len(views):
+        raise DicycError(f"views {views} repeat a view; give each of axial, coronal, sagittal at most once.")
+    return views
+
+
+def _domains(model, direction):
+    """(source domain dict, target domain dict) of the card for ``direction``."""
+    name = _model_name(model)
+    domains = (getattr(model, "card", None) or {}).get("domains")
+    if not isinstance(domains, dict) or not all(isinstance(domains.get(k), dict) for k in "ab"):
+        raise DicycError(f"{name} has a model card without the two domains 'a' and 'b'.")
+    src, tgt = DIRECTIONS[direction]
+    return domains[src], domains[tgt]
+
+
+def _label(domain):
+    return str(domain.get("name") or domain.get("modality") or "?")
+
+
+def check_target(model, direction, expect_target):
+    """Refuse a model that does not produce ``expect_target`` (a domain name or modality, e.g. "CT")."""
+    if not expect_target:
+        return
+    src, tgt = _domains(model, direction)
+    wanted = str(expect_target).strip().lower()
+    if wanted not in (str(tgt.get("name", "")).lower(), str(tgt.get("modality", "")).lower()):
+        raise DicycError(
+            f"model {_model_name(model)} synthesises {_label(tgt)} from {_label(src)} ({direction}), not {expect_target}."
+        )
+
+
+def _model_spacing(model):
+    spacing = model.card.get("spacing")
+    try:
+        sx, sy = (float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise DicycError(f"{_model_name(model)} has a model card without a valid in-plane 'spacing' [sx, sy].") from None
+    if not (sx > 0 and sy > 0 and math.isfinite(sx) and math.isfinite(sy)):
+        raise DicycError(f"{_model_name(model)} has a model card with a non-positive 'spacing' {spacing}.")
+    return sx, sy
+
+
+def _modality_warnings(array, src):
+    """Cheap look at whether the input looks like the source modality; warn, never refuse."""
+    modality = str(src.get("modality", "")).upper()
+    out = []
+    if modality == "CT" and float(array.min()) > -200:
+        out.append(
+            f"the model expects {_label(src)} (CT) in HU, but the input has no voxel below -200 HU (no air); "
+            "is it really a CT?"
+        )
+    elif modality and modality != "CT":
+        below = np.count_nonzero(array < -500) / array.size
+        if below > 0.05:
+            out.append(
+                f"the model expects {_label(src)} ({modality}), but {below:.0%} of the input voxels are below -500, "
+                "which looks like a CT in HU."
+            )
+    return out
+
+
+# ===================================================================== intensities
+def source_normalization(domain, array, mask, model_name="the model"):
+    """The forward intensity map of the source domain, fitted to this volume where per-volume.
+
+    CT uses the card's fixed HU window; MR recomputes low/high on this volume inside the body
+    mask with the card's method, since MR has no absolute unit.
+    """
+    nd = domain.get("normalization") or {}
+    kind = nd.get("kind")
+    if kind == "ct-window":
+        return Normalization.from_dict(nd)
+    if kind == "mr-percentile":
+        percentiles = tuple(float(p) for p in nd.get("percentiles", (0.5, 99.5)))
+        return mr_normalization(array, mask=mask, method="percentile", percentiles=percentiles)
+    if kind == "mr-meanstd":
+        return mr_normalization(array, mask=mask, method="meanstd", k=float(nd.get("k", 3.0)))
+    raise DicycError(f"{model_name} has an unknown normalisation {kind!r} for domain {_label(domain)}.")
+
+
+def target_normalization(domain, model_name="the model"):
+    """The card's recorded map of the target domain, used to invert the generator's [-1, 1] output."""
+    nd = domain.get("normalization")
+    try:
+        norm = Normalization.from_dict(nd)
+    except (TypeError, KeyError, ValueError):
+        norm = None
+    if norm is None or not (norm.high > norm.low) or not all(map(math.isfinite, (norm.low, norm.high))):
+        raise DicycError(
+            f"{model_name} has no usable intensity normalisation (kind, low < high) for domain {_label(domain)}."
+        )
+    return norm
+
+
+def _normalize_inplace(array, norm):
+    """``norm.forward`` without temporaries (``array`` is owned float32)."""
+    array -= np.float32(norm.low)
+    array *= np.float32(2.0 / (norm.high - norm.low))
+    array -= np.float32(1.0)
+    np.clip(array, -1.0, 1.0, out=array)
+    return array
+
+
+def _denormalize_inplace(array, norm):
+    """``norm.inverse`` without temporaries."""
+    array += np.float32(1.0)
+    array *= np.float32((norm.high - norm.low) / 2.0)
+    array += np.float32(norm.low)
+    return array
+
+
+# ===================================================================== resampling
+def _model_grid(volume, spacing_xy, isotropic):
+    """Spacing, size and origin of the model-space grid (the same rule as ``resample_to_spacing``).
+
+    In-plane spacing becomes the card's; z is kept for axial-only synthesis and set to the
+    in-plane spacing when other views run, so coronal/sagittal slices have the trained pixel size.
+    """
+    sx, sy = spacing_xy
+    wanted = (sx, sy, (sx + sy) / 2.0 if isotropic else volume.spacing[2])
+    spacing = tuple(
+        s_in if abs(w - s_in) <= SPACING_TOLERANCE * s_in else w for w, s_in in zip(wanted, volume.spacing)
+    )
+    size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(volume.size, volume.spacing, spacing))
+    offset = volume.direction @ (0.5 * (np.array(spacing) - np.array(volume.spacing)))
+    origin = tuple(np.array(volume.origin) + offset)
+    return spacing, size, origin
+
+
+#: Voxels per output slab when resampling: bounds the SimpleITK buffers to a few tens of MB.
+SLAB_VOXELS = 4_000_000
+
+
+def resample_slabs(array, src_spacing, src_origin, direction, dst_shape, dst_spacing, dst_origin, default,
+                   slab_voxels=SLAB_VOXELS):
+    """Linear resampling between two grids sharing ``direction``, slab of output slices by slab.
+
+    Equal to one whole-volume SimpleITK resample, but only the source slices each output slab
+    needs are copied (as float32) into SimpleITK, and results go straight into one float32
+    array: no whole-volume SimpleITK copies, whatever the input's dtype. Edge voxels use nearest
+    extrapolation instead of ``default`` so a grid covering the same extent gets no border of
+    background.
+    """
+    sitk = _sitk()
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    flat_dir = tuple(float(v) for v in d.ravel())
+    src_spacing = tuple(float(v) for v in src_spacing)
+    dst_spacing = tuple(float(v) for v in dst_spacing)
+    src_origin = np.asarray(src_origin, dtype=float)
+    dst_origin = np.asarray(dst_origin, dtype=float)
+    nz_in = array.shape[0]
+    nz, ny, nx = (int(v) for v in dst_shape)
+    # continuous source z index of output slice k is a + k * b (the grids share their axes)
+    a = float((d.T @ (dst_origin - src_origin))[2]) / src_spacing[2]
+    b = dst_spacing[2] / src_spacing[2]
+    per = max(1, int(slab_voxels) // max(1, ny * nx))
+    result = np.empty((nz, ny, nx), dtype=np.float32)
+    for k0 in range(0, nz, per):
+        k1 = min(nz, k0 + per)
+        z0 = min(max(int(math.floor(a + k0 * b)) - 1, 0), nz_in - 1)
+        z1 = min(max(int(math.ceil(a + (k1 - 1) * b)) + 2, z0 + 1), nz_in)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array[z0:z1], dtype=np.float32))
+        image.SetSpacing(src_spacing)
+        image.SetOrigin(tuple(src_origin + d @ np.array([0.0, 0.0, z0 * src_spacing[2]])))
+        image.SetDirection(flat_dir)
+        slab = sitk.Resample(
+            image,
+            [nx, ny, k1 - k0],
+            sitk.Transform(),
+            sitk.sitkLinear,
+            tuple(dst_origin + d @ np.array([0.0, 0.0, k0 * dst_spacing[2]])),
+            dst_spacing,
+            flat_dir,
+            float(default),
+            sitk.sitkFloat32,
+            True,
+        )
+        del image
+        result[k0:k1] = sitk.GetArrayViewFromImage(slab)
+        del slab
+    return result
+
+
+# ===================================================================== inference
+def _forward(generator, batch, dtype):
+    """Run the generator on a (N, 1, H, W) batch; autocast to ``dtype`` unless None; float32 out.
+
+    Kept as one small function so tests can replace the low-precision path.
+    """
+    import torch
+
+    if dtype is None:
+        return generator(batch).float()
+    with torch.autocast(device_type=batch.device.type, dtype=dtype):
+        return generator(batch).float()
+
+
+def _pad_amounts(n):
+    target = max(_MIN_SIDE, -(-n // _MULTIPLE) * _MULTIPLE)
+    extra = target - n
+    return extra // 2, extra - extra // 2
+
+
+def _pad_batch(slab):
+    """Pad (B, H, W) slices to sides that are multiples of 4 (reflecting, -1 where too small)."""
+    _, h, w = slab.shape
+    (t, b), (l, r) = _pad_amounts(h), _pad_amounts(w)
+    if t == b == l == r == 0:
+        return np.ascontiguousarray(slab, dtype=np.float32), (0, 0)
+    reflect = max(t, b) < h and max(l, r) < w
+    if reflect:
+        padded = np.pad(slab, ((0, 0), (t, b), (l, r)), mode="reflect")
+    else:
+        padded = np.pad(slab, ((0, 0), (t, b), (l, r)), mode="constant", constant_values=-1.0)
+    return np.ascontiguousarray(padded, dtype=np.float32), (t, l)
+
+
+def _take(x, axis, s, e):
+    """Slices s..e of ``x`` along ``axis`` as (B, H, W) (a view; no copy)."""
+    if axis == 0:
+        return x[s:e]
+    if axis == 1:
+        return x[:, s:e, :].transpose(1, 0, 2)
+    return x[:, :, s:e].transpose(2, 0, 1)
+
+
+def _put(out, axis, s, e, result, accumulate):
+    """Write (B, H, W) ``result`` back into ``out`` along ``axis``."""
+    if axis == 0:
+        target = out[s:e]
+    elif axis == 1:
+        target = out[:, s:e, :].transpose(1, 0, 2)
+    else:
+        target = out[:, :, s:e].transpose(2, 0, 1)
+    if accumulate:
+        target += result
+    else:
+        target[...] = result
+
+
+def _psnr(a, b, data_range=2.0):
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    return 10.0 * math.log10(data_range**2 / max(mse, 1e-20))
+
+
+def _is_oom(exc):
+    import torch
+
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", ())
+    text = str(exc).lower()
+    return isinstance(exc, oom_type) or "out of memory" in text or "can't allocate memory" in text
+
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def _precision_dtype(precision, device):
+    """torch dtype for an explicit low precision, refusing what this device cannot autocast."""
+    import torch
+
+    dtype = getattr(torch, _DTYPES[precision])
+    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise DicycError(f"--precision bf16 is not supported by this GPU ({torch.cuda.get_device_name(device)}); use fp16 or fp32.")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                pass
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise DicycError(f"--precision {precision} is not supported on {device} by this torch ({exc}); use fp32.") from None
+    if any("autocast" in str(w.message).lower() and "support" in str(w.message).lower() for w in caught):
+        raise DicycError(f"--precision {precision} is not supported on {device} by this torch; use fp32.")
+    return dtype
+
+
+def _dtype_name(dtype):
+    import torch
+
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+class _Runner:
+    """Runs views slice batch by slice batch; decides precision on the first batch for "auto"."""
+
+    def __init__(self, generator, device, precision, batch, progress, total=0):
+        self.generator, self.device, self.batch = generator, device, batch
+        self.progress, self.total, self.done = progress, total, 0
+        self.precision = precision
+        self.dtype = None  # decided before the first batch for explicit precisions, at it for auto
+        self.probe_dtype = None
+        self.psnr = None
+        self.decided = False
+
+    def decide_explicit(self):
+        from dicyc.device import fast_low_precision
+
+        if self.precision == "fp32":
+            self.decided = True
+        elif self.precision == "auto":
+            self.probe_dtype = fast_low_precision(self.device)
+            self.decided = self.probe_dtype is None
+        else:
+            self.dtype = _precision_dtype(self.precision, self.device)
+            self.decided = True
+
+    def _infer(self, slab):
+        import torch
+
+        padded, (top, left) = _pad_batch(slab)
+        h, w = slab.shape[1:]
+        batch = torch.from_numpy(padded[:, None]).to(self.device)
+        del padded
+        y = _forward(self.generator, batch, self.dtype)
+        if not self.decided:
+            low = _forward(self.generator, batch, self.probe_dtype)
+            crop = (slice(None), 0, slice(top, top + h), slice(left, left + w))
+            self.psnr = _psnr(low[crop], y[crop])
+            if self.psnr >= PSNR_THRESHOLD_DB:
+                self.dtype = self.probe_dtype
+                y = low
+            self.decided = True
+        return y[:, 0, top : top + h, left : left + w].cpu().numpy()
+
+    def run_range(self, x, out, axis, start, stop, accumulate):
+        """Slices start..stop along ``axis``, ``self.batch`` at a time (halved on out-of-memory)."""
+        import torch
+
+        s = start
+        while s < stop:
+            e = min(s + self.batch, stop)
+            try:
+                result = self._infer(_take(x, axis, s, e))
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if self.batch == 1:
+                    raise DicycError(
+                        f"synthesis ran out of {'GPU ' if self.device.type == 'cuda' else ''}memory on {self.device} "
+                        "even one slice at a time; use --device cpu or a smaller input."
+                    ) from None
+                self.batch = max(1, self.batch // 2)
+                continue
+            _put(out, axis, s, e, result, accumulate)
+            del result
+            self.done += e - s
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+            s = e
+
+    def run_view(self, x, out, axis, accumulate):
+        n = x.shape[axis]
+        if self.decided:
+            self.run_range(x, out, axis, 0, n, accumulate)
+            return
+        # the precision probe runs on the middle batch, where the body is, not on empty end slices
+        middle = max(0, min(n - self.batch, n // 2 - self.batch // 2))
+        self.run_range(x, out, axis, middle, n, accumulate)
+        self.run_range(x, out, axis, 0, middle, accumulate)
+
+
+def synthesize_volume_with_info(
+    model,
+    volume,
+    direction="a2b",
+    device="auto",
+    precision="auto",
+    batch=8,
+    views=("axial",),
+    progress=None,
+    expect_target=None,
+    mask_background=True,
+    name="the input volume",
+):
+    """Synthesise the other domain from ``volume``; returns ``(Volume, info)``.
+
+    ``info``: {"precision": "fp32"|"bf16"|"fp16", "device", "psnr_low_vs_fp32" (the "auto"
+    probe, else None), "slices" (2-D slices run, all views), "seconds", "batch" (after any
+    out-of-memory halving), "views", "model_grid" (z, y, x), "direction", "warnings"}.
+
+    ``views`` other than axial run the same 2-D generator on coronal/sagittal slices of an
+    isotropic model grid and average the results: this reduces slice-to-slice flicker, but the
+    model was trained on axial slices only, so those views are an approximation.
+    ``progress(done, total)`` counts slices and is called after every batch.
+    ``mask_background`` sets voxels outside the input's body mask to the target background
+    (-1024 HU for CT) rather than whatever the generator hallucinated in the air.
+
+    Memory: besides the input, at most two model-space float32 volumes are alive during
+    inference (normalised input, output accumulator) plus a boolean body mask and one batch on
+    the device; resampling back needs the model-space output plus the final float32 result.
+    Short-lived extra copies come from the body mask and the MR percentiles (model space).
+    """
+    import torch
+
+    from dicyc.device import resolve_device
+
+    t0 = time.perf_counter()
+    _check_direction(direction)
+    views = _check_options(precision, batch, views)
+    if not isinstance(volume, Volume):
+        raise DicycError(f"{name} is not a 3-D volume.")
+    check_finite_values(volume, name)
+    check_not_constant(volume, name)
+    model_name = _model_name(model)
+    src, tgt = _domains(model, direction)
+    check_target(model, direction, expect_target)
+    arch = model.card.get("architecture") or {}
+    if arch.get("input_nc", 1) != 1 or arch.get("output_nc", 1) != 1:
+        raise DicycError(f"{model_name} has a multi-channel generator; synthesis handles single-channel volumes only.")
+    spacing_xy = _model_spacing(model)
+    tgt_norm = target_normalization(tgt, model_name)
+    dev = resolve_device(device)
+    runner = _Runner(model.generator(direction).to(dev).eval(), dev, precision, batch, progress)
+    runner.decide_explicit()  # an unsupported --precision fails before any heavy work
+    notes = _modality_warnings(volume.array, src)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+
+    # ---- model space: owned float32, resampled in-plane (and in z for other views), in the
+    # canonical orientation the model was trained in (axial slices, one in-plane orientation)
+    work, axes = to_canonical(volume)
+    isotropic = views != ("axial",)
+    spacing, size, origin = _model_grid(work, spacing_xy, isotropic)
+    resampled = spacing != work.spacing
+    if resampled:
+        default = float(work.array.min())
+        x = resample_slabs(work.array, work.spacing, work.origin, work.direction, size[::-1], spacing, origin, default)
+    else:
+        x = work.array.astype(np.float32, copy=True)
+    mask = None
+    if mask_background or (src.get("normalization") or {}).get("kind") != "ct-window":
+        mask = body_mask(Volume(x, spacing, origin, work.direction))
+        if not mask.any():
+            mask = None
+    norm = source_normalization(src, x, mask, model_name)
+    _normalize_inplace(x, norm)
+
+    # ---- inference into one preallocated array
+    out = np.zeros(x.shape, dtype=np.float32)
+    total = runner.total = sum(x.shape[_VIEW_AXIS[v]] for v in views)
+    with torch.inference_mode():
+        for i, view in enumerate(views):
+            runner.run_view(x, out, _VIEW_AXIS[view], accumulate=i > 0)
+    del x
+    if len(views) > 1:
+        out /= np.float32(len(views))
+    np.clip(out, -1.0, 1.0, out=out)
+    if mask_background and mask is not None:
+        out[~mask] = -1.0
+    del mask
+    _denormalize_inplace(out, tgt_norm)
+    model_grid = out.shape
+
+    # ---- back onto the input's exact grid
+    if resampled:
+        background = float(tgt_norm.low)
+        result = resample_slabs(out, spacing, origin, work.direction, work.shape, work.spacing, work.origin, background)
+        del out
+    else:
+        result = out
+    result = np.ascontiguousarray(from_canonical_array(result, axes))  # exact: permutes and flips only
+    if result.shape != volume.shape:  # the sitk grid is built from the input size, so this is a bug
+        raise RuntimeError(f"synthesis produced shape {result.shape} for an input of shape {volume.shape}")
+    synthetic = Volume(result, volume.spacing, volume.origin, volume.direction.copy())
+    info = {
+        "precision": _dtype_name(runner.dtype),
+        "device": str(dev),
+        "psnr_low_vs_fp32": runner.psnr,
+        "slices": total,
+        "seconds": time.perf_counter() - t0,
+        "batch": runner.batch,
+        "views": list(views),
+        "model_grid": list(model_grid),
+        "direction": direction,
+        "warnings": notes,
+    }
+    return synthetic, info
+
+
+def synthesize_volume(model, volume, direction="a2b", device="auto", precision="auto", batch=8, views=("axial",),
+                      progress=None, **kw):
+    """Synthesise the other domain from ``volume`` on its exact grid (see :func:`synthesize_volume_with_info`)."""
+    return synthesize_volume_with_info(
+        model, volume, direction=direction, device=device, precision=precision, batch=batch, views=views,
+        progress=progress, **kw
+    )[0]
+
+
+def synthesize_file(model_path, input_path, output_path, direction="a2b", device="auto", precision="auto", batch=8,
+                    views=("axial",), progress=None, expect_target=None, mask_background=True):
+    """Read ``input_path``, synthesise, write ``output_path`` atomically; returns the info dict.
+
+    Everything cheap is checked before the heavy work, and nothing is written unless the
+    whole synthesis succeeded. Problems raise :class:`DicycError` naming the file.
+    """
+    from dicyc.device import resolve_device
+    from dicyc.modelfile import load_model
+    from dicyc.volume import read_volume, volume_format, write_volume
+
+    _check_direction(direction)
+    _check_options(precision, batch, views)
+    volume_format(output_path)  # an unknown extension fails now, not after minutes of work
+    dev = resolve_device(device)
+    model = load_model(model_path, device=dev)
+    check_target(model, direction, expect_target)
+    if direction not in getattr(model, "directions", DIRECTIONS):
+        src, tgt = _domains(model, direction)
+        raise DicycError(
+            f"{model_path} holds no generator for {direction} ({_label(src)} to {_label(tgt)}); "
+            f"it has {', '.join(model.directions) or 'none'}."
+        )
+    volume = read_volume(input_path)
+    synthetic, info = synthesize_volume_with_info(
+        model, volume, direction=direction, device=dev, precision=precision, batch=batch, views=views,
+        progress=progress, mask_background=mask_background, name=str(input_path),
+    )
+    del volume
+    try:
+        written = write_volume(synthetic, output_path)
+    except OSError as exc:
+        raise DicycError(f"could not write {output_path}: {exc.strerror or exc}.") from None
+    info.update({"input": str(input_path), "output": str(written), "model": str(Path(model_path))})
+    return info
