@@ -103,6 +103,20 @@ class ResnetGenerator(nn.Module):
         x = warp("latent", x)
         return self.head(self.up2(self.up1(x)))
 
+    def encode(self, x):
+        """Latent features after the residual stack, unwarped: (N, 4*ngf, H/4, W/4).
+
+        DiCyc's global TPS transformer (Wang et al., Information Fusion 2021) reads the
+        latent code of a target-domain image next to the source's; this gives that code
+        without running the decoder.
+        """
+        if x.dim() != 4 or x.shape[-2] % 4 or x.shape[-1] % 4:
+            raise ValueError(f"expected (N, C, H, W) with H and W multiples of 4, got {tuple(x.shape)}")
+        x = self.down2(self.down1(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
     def architecture(self):
         """The model card's ``architecture`` entry that rebuilds this network."""
         return {
