@@ -13,7 +13,7 @@ from dicyc.train import prepare_run, resolve_config, train
 
 
 def main(a, b, out):
-    overrides = {"ngf": 4, "n_blocks": 1, "ndf": 4, "slice_size": 32, "spacing": [8.0, 8.0], "iterations": 4,
+    overrides = {"method": "cyclegan", "ngf": 4, "n_blocks": 1, "ndf": 4, "slice_size": 32, "spacing": [8.0, 8.0], "iterations": 4,
                  "checkpoint_every": 2, "epoch_length": 100, "batch_size": 2}
     if int(os.environ["RANK"]) == 0:
         prepare_run(out, "cyclegan", [a], [b], overrides=overrides)

@@ -48,7 +48,7 @@ def _events(path):
 def _tiny_config(**extra):
     from dicyc.train import resolve_config
 
-    base = {"ngf": 4, "n_blocks": 1, "ndf": 4, "slice_size": 32, "spacing": [2.0, 2.0], "iterations": 6,
+    base = {"method": "cyclegan", "ngf": 4, "n_blocks": 1, "ndf": 4, "slice_size": 32, "spacing": [2.0, 2.0], "iterations": 6,
             "checkpoint_every": 3, "epoch_length": 100, "log_every": 1}
     base.update(extra)
     return resolve_config(None, base)

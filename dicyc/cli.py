@@ -8,6 +8,7 @@ Heavy modules are imported inside each handler so ``dicyc --help`` starts instan
 import argparse
 import json
 import sys
+import time
 import warnings
 
 from dicyc import __version__
@@ -181,7 +182,7 @@ def _add_train(sub):
         description="Train an unpaired synthesis model between domain A and domain B. Options mirror the keys "
         "of --config (JSON); flags override the file. Runs unchanged under `torchrun --nproc_per_node N`.",
     )
-    p.add_argument("--method", help="training method (default cyclegan; see `dicyc methods`)")
+    p.add_argument("--method", help="training method (default dicyc; see `dicyc methods`)")
     p.add_argument("--a", nargs="+", metavar="A", help="domain A volumes: files, folders or list files")
     p.add_argument("--b", nargs="+", metavar="B", help="domain B volumes: files, folders or list files")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, model, previews, events)")
@@ -227,6 +228,9 @@ def _add_synthesize(sub):
                    "domain name (e.g. CT), so a PD→T2 model cannot be used by mistake")
     p.add_argument("--views", default="axial", help="comma-separated planes to average: axial (default), "
                    "or axial,coronal,sagittal against slice-to-slice flicker")
+    p.add_argument("--progress-jsonl", metavar="FILE", help="also write JSON-lines events to FILE (start, iteration = "
+                   "slices done of total_iterations, done with the output path, error with the message), e.g. for "
+                   "the Slicer progress bar")
     p.set_defaults(handler=_cmd_synthesize)
 
 
@@ -241,16 +245,35 @@ def _cmd_synthesize(args):
     if args.batch < 1:
         raise DicycError(f"--batch must be at least 1; got {args.batch}.")
     bars = {}
+    events = _open_event_log(args.progress_jsonl)
+    t0 = time.monotonic()
+    events.emit("start", path=str(args.input), message=f"synthesising {args.output} from {args.input}")
 
     def progress(done, total):
         bar = bars.setdefault("bar", ProgressBar(total, label="synthesize"))
         bar.update(done)
+        elapsed = time.monotonic() - t0
+        eta = elapsed / done * (total - done) if done else None
+        events.emit("iteration", iteration=int(done), total_iterations=int(total), elapsed_s=round(elapsed, 3),
+                    eta_s=None if eta is None else round(eta, 3))
 
-    info = synthesize_file(args.model, args.input, args.output, direction=args.direction, device=args.device,
-                           precision=args.precision, batch=args.batch, views=views, progress=progress,
-                           expect_target=args.target)
+    try:
+        info = synthesize_file(args.model, args.input, args.output, direction=args.direction, device=args.device,
+                               precision=args.precision, batch=args.batch, views=views, progress=progress,
+                               expect_target=args.target)
+    except KeyboardInterrupt:
+        events.emit("error", message="interrupted.")
+        events.close()
+        raise
+    except Exception as exc:  # the events file must say why the run ended; the error itself propagates
+        events.emit("error", message=str(exc) if isinstance(exc, DicycError) else f"{type(exc).__name__}: {exc}")
+        events.close()
+        raise
     if "bar" in bars:
         bars["bar"].close()
+    events.emit("done", path=str(info.get("output", args.output)), elapsed_s=round(time.monotonic() - t0, 3),
+                device=info.get("device"), precision=info.get("precision"))
+    events.close()
     _log(f"synthesised {info.get('slices')} slices on {info.get('device')} in {info.get('precision')} "
          f"({info.get('seconds', 0):.1f} s)")
     print(args.output)
@@ -272,6 +295,16 @@ def build_parser():
     _add_evaluate(sub)
     _add_compare(sub)
     return parser
+
+
+def _open_event_log(path):
+    """An :class:`~dicyc.events.EventLog` on ``path`` (a no-op one without), failing as one sentence."""
+    from dicyc.events import EventLog
+
+    try:
+        return EventLog([path] if path else [])
+    except OSError as exc:
+        raise DicycError(f"could not open the progress file {path}: {exc.strerror or exc}.") from None
 
 
 def _log(message):

@@ -28,6 +28,7 @@ DIRECTIONS = {"a2b": "G_AB", "b2a": "G_BA"}
 GENERATOR_NAMES = tuple(DIRECTIONS.values())
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _ARCH_KEYS = {"generator": str, "ngf": int, "n_blocks": int, "upsample": str, "input_nc": int, "output_nc": int}
+_GENERATOR_KINDS = ("resnet", "unit")  # as dicyc.nets.GENERATOR_KINDS (kept here: reading a card needs no torch)
 
 
 # ===================================================================== header and card
@@ -138,13 +139,22 @@ def check_card(card, path="model card"):
         value = arch[key]
         if isinstance(value, bool) or not isinstance(value, kind):
             bad(f"'architecture.{key}'", f"should be {'an integer' if kind is int else 'a string'}, got {value!r}")
-    if arch["generator"] != "resnet":
-        bad("'architecture.generator'", f"is {arch['generator']!r}; this DiCyc knows 'resnet'")
+    if arch["generator"] not in _GENERATOR_KINDS:
+        bad("'architecture.generator'", f"is {arch['generator']!r}; this DiCyc knows {' and '.join(map(repr, _GENERATOR_KINDS))}")
     if arch["upsample"] not in ("transpose", "resize"):
         bad("'architecture.upsample'", f"is {arch['upsample']!r}, expected 'transpose' or 'resize'")
     for key, minimum in (("ngf", 1), ("input_nc", 1), ("output_nc", 1), ("n_blocks", 0)):
         if arch[key] < minimum:
             bad(f"'architecture.{key}'", f"must be at least {minimum}, got {arch[key]}")
+    if arch["generator"] == "unit":
+        # UNIT: the last shared_blocks encoder blocks and the first decoder blocks serve both domains
+        shared = arch.get("shared_blocks", 1)
+        if isinstance(shared, bool) or not isinstance(shared, int):
+            bad("'architecture.shared_blocks'", f"should be an integer, got {shared!r}")
+        if shared < 1:
+            bad("'architecture.shared_blocks'", f"must be at least 1, got {shared}")
+        if arch.get("direction", "a2b") not in DIRECTIONS:
+            bad("'architecture.direction'", f"is {arch['direction']!r}, expected 'a2b' or 'b2a' (or none)")
     domains = card.get("domains")
     if not isinstance(domains, dict):
         bad("'domains'", "is missing or not an object")
@@ -313,8 +323,11 @@ class LoadedModel:
                         sd[key[len(prefix):]] = fh.get_tensor(key).to(torch.float32)
         except Exception as exc:  # safetensors raises its own error types for damaged data
             raise DicycError(f"{self.path} could not be read ({exc}); the file is damaged.") from None
+        arch = self.card["architecture"]
+        if arch["generator"] == "unit":  # one layout serves both directions; name the translator's
+            arch = dict(arch, direction={v: k for k, v in DIRECTIONS.items()}[name])
         with torch.device("meta"):
-            net = build_generator(self.card["architecture"], init=False)
+            net = build_generator(arch, init=False)
         try:
             net.load_state_dict(sd, strict=True, assign=True)
         except RuntimeError as exc:

@@ -27,7 +27,7 @@ from dicyc.atomic import write_text
 from dicyc.errors import DicycError
 
 DEFAULT_CONFIG = {
-    "method": "cyclegan",
+    "method": "dicyc",
     # data
     "modality_a": "MR",
     "modality_b": "CT",
@@ -67,7 +67,8 @@ DEFAULT_CONFIG = {
 }
 
 #: keys that fix the networks or the data space: a resumed run cannot change them.
-FROZEN_ON_RESUME = ("method", "ngf", "n_blocks", "ndf", "upsample", "slice_size", "spacing", "modality_a", "modality_b")
+FROZEN_ON_RESUME = ("method", "ngf", "n_blocks", "ndf", "upsample", "slice_size", "spacing", "modality_a", "modality_b",
+                    "shared_blocks", "tps_grid")
 
 _INT_KEYS = ("slice_size", "position_offset", "ngf", "n_blocks", "ndf", "batch_size", "pool_size", "max_epochs",
              "patience_constant", "patience_decay", "decay_epochs", "checkpoint_every", "log_every", "seed")
@@ -88,15 +89,28 @@ def load_config_file(path):
     return data
 
 
-def resolve_config(file_config=None, overrides=None, recipe_defaults=None):
-    """Defaults ← method defaults ← config file ← command-line overrides, validated."""
+def resolve_config(file_config=None, overrides=None):
+    """Defaults ← the method's own defaults ← config file ← command-line overrides, validated.
+
+    The method (from the overrides, the file, or the default) decides which method-specific
+    keys exist, so a typo or an option of another method is refused rather than ignored.
+    """
+    from dicyc.methods import get_method
+
+    sources = [file_config or {}, {k: v for k, v in (overrides or {}).items() if v is not None}]
+    method = DEFAULT_CONFIG["method"]
+    for source in sources:
+        method = source.get("method") or method
     config = dict(DEFAULT_CONFIG)
-    config.update(recipe_defaults or {})
-    for source in (file_config or {}, {k: v for k, v in (overrides or {}).items() if v is not None}):
+    config.update(get_method(method).defaults)
+    for source in sources:
         unknown = sorted(set(source) - set(config))
         if unknown:
-            raise DicycError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(config))}.")
+            raise DicycError(
+                f"unknown training option(s) {', '.join(unknown)} for method {method}; valid: {', '.join(sorted(config))}."
+            )
         config.update(source)
+    config["method"] = method
     return validate_config(config)
 
 
@@ -285,12 +299,24 @@ def model_card(recipe, config, data_a, data_b, iterations_done, epoch):
         "spacing": list(config["spacing"]),
         "slice_size": config["slice_size"],
         "training": dict(config, iterations_done=int(iterations_done), epoch=int(epoch)),
+        "method_details": recipe.card_details(),
         "code_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 # ===================================================================== the loop
+def _unique_parameters(nets, members):
+    """Parameters of the named networks, each once (networks may share layers, as UNIT's do)."""
+    seen, params = set(), []
+    for name in members:
+        for p in nets[name].parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params
+
+
 def _fixed_slice(data):
     """The middle body slice of the first volume: the same preview every epoch."""
     import numpy as np
@@ -341,13 +367,12 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
 
         torch.manual_seed(config["seed"])
         np.random.seed(config["seed"])
+        recipe.prepare(data_a, data_b, dev, log)
         nets = {name: net.to(dev) for name, net in recipe.build_networks().items()}
         dist.broadcast_parameters(nets)
         groups = recipe.optimizer_groups()
         optimizers = {
-            name: torch.optim.Adam(
-                [p for n in members for p in nets[n].parameters()], lr=config["lr"], betas=(config["beta1"], config["beta2"])
-            )
+            name: torch.optim.Adam(_unique_parameters(nets, members), lr=config["lr"], betas=(config["beta1"], config["beta2"]))
             for name, members in groups.items()
         }
         aug_gen = torch.Generator().manual_seed(config["seed"] * 1000 + 17 + dist.rank)
@@ -475,8 +500,6 @@ def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=
     work is overwritten by accident); a resumed run reads the saved configuration and data
     specs, and refuses changes that would not fit the saved networks.
     """
-    from dicyc.methods import get_method
-
     out_dir = Path(out_dir)
     saved_path = out_dir / "config.json"
     overrides = dict(overrides or {})
@@ -500,9 +523,7 @@ def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=
         if not a or not b:
             raise DicycError("training needs both --a and --b (volumes of the two domains).")
         file_config = load_config_file(config_file) if config_file else {}
-        name = overrides.get("method") or file_config.get("method") or DEFAULT_CONFIG["method"]
-        recipe_cls = get_method(name)
-        config = resolve_config(file_config, overrides, getattr(recipe_cls, "defaults", None))
+        config = resolve_config(file_config, overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     norm = lambda spec: [str(Path(s).resolve()) for s in spec] if isinstance(spec, (list, tuple)) else str(Path(spec).resolve())
     a, b = norm(a), norm(b)
