@@ -1,0 +1,677 @@
+"""DiCyc Synthesis: synthesise a CT (or another modality) from an MR inside 3D Slicer, and judge it.
+
+The panel only wires its ``.ui`` to the logic in :mod:`DiCycSynthesisLib.logic` (MRML, VTK,
+numpy and the bundled ``dicyc`` engine; no Qt), which is tested on real MRML nodes outside
+Slicer. **Synthesize CT** runs ``PythonSlicer -m dicyc synthesize … --progress-jsonl`` in a
+separate process that a ``QTimer`` polls, so Slicer never freezes; **Cancel** kills the whole
+process tree. The result overlays the input voxel for voxel and gets a CT window. **Compare**
+builds checkerboard and error-image volumes and sets up Slicer's slice compositing (layer reveal
+or side by side); **ROI metrics** scores segments (Segment Editor) or a Markups ROI box into a
+table node that can be exported as CSV.
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+#: Application setting through which DiCyc Training hands a freshly trained model over.
+MODEL_PATH_SETTING = "DiCyc/ModelPath"
+#: Python packages the engine needs besides torch (numpy, SimpleITK and VTK ship with Slicer).
+ENGINE_PACKAGES = {"scipy": "scipy>=1.7", "nibabel": "nibabel>=3.2"}
+SYNTHESIS_PACKAGES = {"safetensors": "safetensors>=0.4"}
+POLL_INTERVAL_MS = 200
+MODEL_FILE_ITEM = "Model file…"
+
+
+#
+# DiCycSynthesis
+#
+class DiCycSynthesis(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "DiCyc Synthesis"
+        self.parent.categories = ["DiCyc"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["DiCyc contributors"]
+        self.parent.helpText = """
+Synthesise one imaging modality from another — typically a <b>CT from an MR</b> — with a model
+trained on unpaired data (DiCyc Training or <code>dicyc train</code>), and check the result.
+<ul>
+<li><b>Inputs</b>: the input volume, a model (bundled or a <code>.safetensors</code> file; its card
+shows the method, domains and training spacing), the direction, device and precision.
+<b>Synthesize CT</b> runs in a background process with a progress bar; <b>Cancel</b> stops it.
+The synthetic volume overlays the input voxel for voxel and opens with a soft-tissue CT window
+(W 400 / L 40 HU).</li>
+<li><b>Compare</b>: a checkerboard of synthetic and reference (broken edges at tile borders mean
+misalignment — check the aorta and the spine), an error image |synthetic − reference| with a colour
+table over the reference, and an overlay with layer reveal (opacity) or side-by-side views.</li>
+<li><b>ROI metrics</b>: MSE, PSNR, SSIM and MAE per segment of a segmentation (draw e.g. the aorta in
+Segment Editor) or inside a Markups ROI box, in a table you can export as CSV. The numbers are
+those of <code>dicyc evaluate --mask</code>.</li>
+</ul>
+"""
+        self.parent.acknowledgementText = """
+DiCyc follows Wang C., Yang G., Papanastasiou G., Tsaftaris S.A., Newby D.E., Gray C., Macnaught G.,
+MacGillivray T.J., "DiCyc: GAN-based deformation invariant cross-domain information fusion for
+medical image synthesis", Information Fusion 67 (2021) 147–160, building on CycleGAN (Zhu et al. 2017).
+PyTorch is provided by the PyTorch extension (SlicerPyTorch).
+"""
+
+
+#
+# Dependencies: asked for on first use, never at import time, never in testing mode
+#
+def pythonSlicerExecutable():
+    """The interpreter for background processes.
+
+    Inside Slicer ``sys.executable`` can be the application itself; ``PythonSlicer`` is the
+    launcher that sets up Slicer's Python environment for a child process.
+    """
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    for folder in (os.path.dirname(sys.executable), os.path.join(os.path.dirname(sys.executable), "..", "bin")):
+        candidate = os.path.normpath(os.path.join(folder, name))
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def missingPackages(needTorch):
+    wanted = dict(ENGINE_PACKAGES)
+    if needTorch:
+        wanted.update(SYNTHESIS_PACKAGES)
+    missing = [name for name in wanted if importlib.util.find_spec(name) is None]
+    if needTorch and importlib.util.find_spec("torch") is None:
+        missing.insert(0, "torch")
+    return missing
+
+
+def ensureDependencies(needTorch=True, parent=None):
+    """True when every package the requested work needs is importable, installing after asking.
+
+    torch comes through the PyTorch extension (``PyTorchUtils``), which picks a CUDA or CPU build
+    that suits this computer; other packages are installed with ``slicer.util.pip_install`` after
+    the user agrees. Nothing is installed in testing mode. A restart is offered when a package
+    that was already loaded got replaced.
+    """
+    missing = missingPackages(needTorch)
+    if not missing:
+        return True
+    if slicer.app.testingEnabled():
+        logging.info("DiCyc Synthesis: missing %s (nothing is installed in testing mode)", ", ".join(missing))
+        return False
+    if "torch" in missing:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay(
+                "DiCyc synthesis needs PyTorch, which comes with the 'PyTorch' extension. Install it from the "
+                "Extensions Manager, restart Slicer and try again.", parent=parent)
+            return False
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            # PyTorchUtils asks the user itself (askConfirmation) and chooses the CPU/CUDA build
+            with slicer.util.tryWithErrorDisplay("Failed to install PyTorch.", waitCursor=True):
+                torch = torchLogic.installTorch(askConfirmation=True)
+            if torch is None:
+                slicer.util.warningDisplay("PyTorch was not installed, so DiCyc cannot synthesise.", parent=parent)
+                return False
+        missing.remove("torch")
+    if missing:
+        wanted = dict(ENGINE_PACKAGES, **SYNTHESIS_PACKAGES)
+        requirements = [wanted[name] for name in missing]
+        if not slicer.util.confirmOkCancelDisplay(
+                "DiCyc needs these Python packages, which are not installed yet:\n\n  " + "\n  ".join(requirements)
+                + "\n\nInstall them now with pip? This needs a network connection and takes a minute.",
+                "DiCyc: install Python packages", parent=parent):
+            return False
+        alreadyLoaded = [name for name in missing if name in sys.modules]
+        with slicer.util.tryWithErrorDisplay("Failed to install Python packages.", waitCursor=True):
+            slicer.util.pip_install(requirements)
+        if alreadyLoaded and slicer.util.confirmYesNoDisplay(
+                "Some packages were already loaded and have been replaced. Restart Slicer now to use them?",
+                parent=parent):
+            slicer.util.restart()
+            return False
+    still = missingPackages(needTorch)
+    if still:
+        slicer.util.errorDisplay("Still missing after installation: " + ", ".join(still)
+                                 + ". Restart Slicer and try again.", parent=parent)
+        return False
+    return True
+
+
+def _lib():
+    """The module's logic library (imported lazily: it imports the bundled ``dicyc`` engine)."""
+    from DiCycSynthesisLib import logic
+
+    return logic
+
+
+#
+# DiCycSynthesisWidget
+#
+class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    #: parameter name → (widget attribute, kind) for the values the panel keeps in its parameter node
+    NODE_PARAMETERS = {
+        "InputVolume": "inputVolumeSelector",
+        "OutputVolume": "outputVolumeSelector",
+        "SyntheticVolume": "syntheticVolumeSelector",
+        "ReferenceVolume": "referenceVolumeSelector",
+        "Segmentation": "segmentationSelector",
+        "ROI": "roiSelector",
+    }
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.timer = None
+        self._parameterNode = None
+        self._updatingGUIFromParameterNode = False
+        self._metricsTableNode = None
+        self._modelUsable = False
+
+    # ----------------------------------------------------------------- set-up
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DiCycSynthesis.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = DiCycSynthesisLogic()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.onTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.populateModels()
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChoiceChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        for selector in self.NODE_PARAMETERS.values():
+            getattr(self.ui, selector).connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+        for combo in (self.ui.directionComboBox, self.ui.deviceComboBox, self.ui.precisionComboBox):
+            combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.batchSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.tilesSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
+        self.ui.revealRadioButton.connect("toggled(bool)", self.onViewModeChanged)
+
+        self.ui.synthesizeButton.connect("clicked(bool)", self.onSynthesize)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.checkerboardButton.connect("clicked(bool)", self.onCheckerboard)
+        self.ui.errorImageButton.connect("clicked(bool)", self.onErrorImage)
+        self.ui.overlayButton.connect("clicked(bool)", self.onOverlay)
+        self.ui.computeMetricsButton.connect("clicked(bool)", self.onComputeMetrics)
+        self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
+
+        self.ui.progressBar.setValue(0)
+        self.initializeParameterNode()
+        self.onModelChoiceChanged()
+
+    def cleanup(self):
+        """Slicer closes or the module reloads: no background process may outlive the panel."""
+        if self.timer is not None:
+            self.timer.stop()
+        if self.logic is not None:
+            self.logic.synthesis.cancel()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+        self.takeModelFromTraining()
+
+    def exit(self):
+        self._unobserveParameterNode()
+
+    def _unobserveParameterNode(self):
+        node = self._parameterNode
+        if node is not None and self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode):
+            self.removeObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event):
+        if self.logic is not None and self.logic.synthesis.running:
+            self.timer.stop()
+            self.logic.synthesis.cancel()
+            self.setRunning(False, "Cancelled: the scene was closed.")
+        self.setParameterNode(None)
+        self._metricsTableNode = None
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ----------------------------------------------------------------- parameter node
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.GetNodeReference("InputVolume"):
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.SetNodeReferenceID("InputVolume", first.GetID())
+
+    def setParameterNode(self, node):
+        self._unobserveParameterNode()
+        self._parameterNode = node
+        if node is not None:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    @staticmethod
+    def _selectText(combo, text):
+        index = combo.findText(text)
+        if index >= 0:
+            combo.currentIndex = index
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        self._updatingGUIFromParameterNode = True
+        try:
+            p = self._parameterNode
+            for name, selector in self.NODE_PARAMETERS.items():
+                getattr(self.ui, selector).setCurrentNode(p.GetNodeReference(name))
+            self._selectText(self.ui.directionComboBox, p.GetParameter("Direction") or "a2b")
+            self._selectText(self.ui.deviceComboBox, p.GetParameter("Device") or "auto")
+            self._selectText(self.ui.precisionComboBox, p.GetParameter("Precision") or "auto")
+            self.ui.batchSpinBox.value = int(p.GetParameter("Batch") or 8)
+            self.ui.tilesSpinBox.value = int(p.GetParameter("Tiles") or 8)
+            model = p.GetParameter("ModelPath")
+            if model and model != self.currentModelPath():
+                self.selectModelPath(model)
+        finally:
+            self._updatingGUIFromParameterNode = False
+        self.updateButtons()
+
+    def updateParameterNodeFromGUI(self, *args):
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        p = self._parameterNode
+        was = p.StartModify()
+        for name, selector in self.NODE_PARAMETERS.items():
+            p.SetNodeReferenceID(name, getattr(self.ui, selector).currentNodeID)
+        p.SetParameter("Direction", self.ui.directionComboBox.currentText)
+        p.SetParameter("Device", self.ui.deviceComboBox.currentText)
+        p.SetParameter("Precision", self.ui.precisionComboBox.currentText)
+        p.SetParameter("Batch", str(self.ui.batchSpinBox.value))
+        p.SetParameter("Tiles", str(self.ui.tilesSpinBox.value))
+        p.SetParameter("ModelPath", self.currentModelPath() or "")
+        p.EndModify(was)
+        self.updateButtons()
+
+    # ----------------------------------------------------------------- model
+    def populateModels(self):
+        combo = self.ui.modelComboBox
+        combo.clear()
+        for path in _lib().bundled_models():
+            combo.addItem(os.path.basename(str(path)), str(path))
+            combo.setItemData(combo.count - 1, str(path), qt.Qt.ToolTipRole)
+        combo.addItem(MODEL_FILE_ITEM, "")
+
+    def currentModelPath(self):
+        data = self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex)
+        if data:
+            return str(data)
+        return self.ui.modelPathLineEdit.currentPath or None
+
+    def selectModelPath(self, path):
+        combo = self.ui.modelComboBox
+        for i in range(combo.count):
+            if combo.itemData(i) and os.path.normcase(str(combo.itemData(i))) == os.path.normcase(path):
+                combo.currentIndex = i
+                self.onModelChoiceChanged()
+                return
+        combo.currentIndex = combo.findText(MODEL_FILE_ITEM)
+        self.ui.modelPathLineEdit.currentPath = path
+        self.onModelChoiceChanged()
+
+    def takeModelFromTraining(self):
+        """A model handed over by DiCyc Training ("Use for synthesis") becomes the selected model."""
+        settings = slicer.app.settings()
+        path = settings.value(MODEL_PATH_SETTING)
+        if path and os.path.isfile(str(path)):
+            self.selectModelPath(str(path))
+            self.updateParameterNodeFromGUI()
+        if path:
+            settings.remove(MODEL_PATH_SETTING)
+
+    def onModelChoiceChanged(self, *args):
+        fileChoice = not self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex)
+        self.ui.modelPathLineEdit.setVisible(fileChoice)
+        self.onModelPathChanged()
+
+    def onModelPathChanged(self, *args):
+        path = self.currentModelPath()
+        self._modelUsable = False
+        if not path:
+            self.ui.modelCardLabel.text = "(no model selected)"
+        elif not os.path.isfile(path):
+            self.ui.modelCardLabel.text = f"{path} does not exist."
+        else:
+            summary = _lib().model_summary(path)
+            self.ui.modelCardLabel.text = summary["text"]
+            self._modelUsable = "error" not in summary
+            if self._modelUsable:
+                labels = {"a2b": f"a2b: {summary['domain_a']} → {summary['domain_b']}",
+                          "b2a": f"b2a: {summary['domain_b']} → {summary['domain_a']}"}
+                for i, key in enumerate(("a2b", "b2a")):
+                    self.ui.directionComboBox.setItemData(i, labels[key], qt.Qt.ToolTipRole)
+                self.ui.synthesizeButton.toolTip = (
+                    f"Run the model on the input volume: {labels[self.ui.directionComboBox.currentText]}.")
+        self.updateParameterNodeFromGUI()
+
+    # ----------------------------------------------------------------- synthesis
+    def updateButtons(self, *args):
+        running = self.logic is not None and self.logic.synthesis.running
+        self.ui.synthesizeButton.enabled = (not running and self.ui.inputVolumeSelector.currentNode() is not None
+                                            and self._modelUsable)
+        self.ui.cancelButton.enabled = running
+        haveBoth = (self.ui.syntheticVolumeSelector.currentNode() is not None
+                    and self.ui.referenceVolumeSelector.currentNode() is not None)
+        for button in (self.ui.checkerboardButton, self.ui.errorImageButton, self.ui.overlayButton,
+                       self.ui.computeMetricsButton):
+            button.enabled = haveBoth
+        self.ui.exportCsvButton.enabled = self._metricsTableNode is not None
+
+    def setRunning(self, running, message=""):
+        self.ui.statusLabel.text = message
+        if running:
+            self.ui.progressBar.setValue(0)
+        self.updateButtons()
+
+    def onSynthesize(self):
+        inputNode = self.ui.inputVolumeSelector.currentNode()
+        model = self.currentModelPath()
+        if inputNode is None or not model:
+            slicer.util.errorDisplay("Select an input volume and a model first.")
+            return
+        if not ensureDependencies(needTorch=True):
+            return
+        options = dict(direction=self.ui.directionComboBox.currentText, device=self.ui.deviceComboBox.currentText,
+                       precision=self.ui.precisionComboBox.currentText, batch=self.ui.batchSpinBox.value)
+        if self.ui.backgroundCheckBox.checked:
+            with slicer.util.tryWithErrorDisplay("Could not start the synthesis.", waitCursor=True):
+                self.logic.synthesis.start(slicer.mrmlScene, inputNode, model, **options)
+                self.setRunning(True, "Starting the background process…")
+                self.timer.start()
+            self.updateButtons()
+            return
+        with slicer.util.tryWithErrorDisplay("Synthesis failed.", waitCursor=True):
+            self.setRunning(True, "Synthesising inside Slicer (the window does not respond until it is done)…")
+            slicer.app.processEvents()
+            node, info = _lib().synthesize_in_process(
+                slicer.mrmlScene, inputNode, model, output_node=self.ui.outputVolumeSelector.currentNode(), **options)
+            self.showResult(node, inputNode, f"Done: {info['slices']} slices on {info['device']} "
+                                             f"({info['precision']}) in {info['seconds']:.1f} s.")
+        self.updateButtons()
+
+    def onTimer(self):
+        status = self.logic.synthesis.poll()
+        self.ui.progressBar.setValue(int(round(100 * status["fraction"])))
+        eta = status.get("eta_s")
+        etaText = f", about {int(eta) // 60}:{int(eta) % 60:02d} left" if eta else ""
+        self.ui.statusLabel.text = f"{status['message']}{etaText}"
+        if status["running"]:
+            return
+        self.timer.stop()
+        inputNode = slicer.mrmlScene.GetNodeByID(self.logic.synthesis.input_node_id or "")
+        try:
+            node = self.logic.synthesis.finish(slicer.mrmlScene, self.ui.outputVolumeSelector.currentNode())
+        except Exception as exc:  # one sentence from the engine; details in the log
+            logging.error("DiCyc synthesis failed:\n%s", "\n".join(self.logic.synthesis.log[-30:]))
+            self.setRunning(False, "Failed.")
+            slicer.util.errorDisplay(str(exc), detailedText="\n".join(self.logic.synthesis.log[-50:]))
+            return
+        self.showResult(node, inputNode, "Done.")
+
+    def showResult(self, node, inputNode, message):
+        self.ui.progressBar.setValue(100)
+        self.ui.outputVolumeSelector.setCurrentNode(node)
+        self.ui.syntheticVolumeSelector.setCurrentNode(node)
+        slicer.util.setSliceViewerLayers(background=node, foreground=inputNode, foregroundOpacity=0.0, fit=True)
+        self.setRunning(False, message)
+
+    def onCancel(self):
+        self.timer.stop()
+        with slicer.util.tryWithErrorDisplay("Could not cancel the synthesis.", waitCursor=True):
+            self.logic.synthesis.cancel()
+        self.ui.progressBar.setValue(0)
+        self.setRunning(False, "Cancelled.")
+
+    # ----------------------------------------------------------------- compare
+    def _pair(self):
+        return self.ui.syntheticVolumeSelector.currentNode(), self.ui.referenceVolumeSelector.currentNode()
+
+    def _layoutMode(self):
+        return "reveal" if self.ui.revealRadioButton.checked else "side-by-side"
+
+    def onCheckerboard(self):
+        synthetic, reference = self._pair()
+        if not ensureDependencies(needTorch=False):
+            return
+        with slicer.util.tryWithErrorDisplay("Could not make the checkerboard.", waitCursor=True):
+            board = _lib().make_checkerboard_node(slicer.mrmlScene, synthetic, reference, self.ui.tilesSpinBox.value)
+            _lib().setup_overlay(slicer.mrmlScene, board, None, opacity=0.0, layout="reveal")
+            slicer.util.resetSliceViews()
+
+    def onErrorImage(self):
+        synthetic, reference = self._pair()
+        if not ensureDependencies(needTorch=False):
+            return
+        with slicer.util.tryWithErrorDisplay("Could not make the error image.", waitCursor=True):
+            error = _lib().make_error_node(slicer.mrmlScene, synthetic, reference)
+            _lib().setup_overlay(slicer.mrmlScene, reference, error, opacity=self.ui.opacitySliderWidget.value,
+                                 layout="reveal")
+            slicer.util.resetSliceViews()
+
+    def onOverlay(self):
+        synthetic, reference = self._pair()
+        with slicer.util.tryWithErrorDisplay("Could not set up the views.", waitCursor=True):
+            _lib().setup_overlay(slicer.mrmlScene, synthetic, reference, opacity=self.ui.opacitySliderWidget.value,
+                                 layout=self._layoutMode())
+            slicer.util.resetSliceViews()
+
+    def onOpacityChanged(self, value):
+        for node in _lib().slice_composite_nodes(slicer.mrmlScene).values():
+            if node.GetForegroundVolumeID():
+                node.SetForegroundOpacity(value)
+
+    def onViewModeChanged(self, *args):
+        synthetic, reference = self._pair()
+        if synthetic is not None and reference is not None:
+            self.onOverlay()
+
+    # ----------------------------------------------------------------- ROI metrics
+    def onComputeMetrics(self):
+        synthetic, reference = self._pair()
+        if not ensureDependencies(needTorch=False):
+            return
+        with slicer.util.tryWithErrorDisplay("Could not compute the metrics.", waitCursor=True):
+            rows = _lib().roi_metrics(slicer.mrmlScene, synthetic, reference,
+                                      segmentation_node=self.ui.segmentationSelector.currentNode(),
+                                      roi_node=self.ui.roiSelector.currentNode())
+            self._metricsTableNode = _lib().metrics_table_node(
+                slicer.mrmlScene, rows, name=f"DiCyc metrics {synthetic.GetName()}", table_node=self._metricsTableNode)
+            self.ui.metricsTableView.setMRMLTableNode(self._metricsTableNode)
+            problems = [f"{r['segment']}: {r['error']}" for r in rows if r.get("error")]
+            notes = [r["note"] for r in rows if r.get("note")]
+            self.ui.metricsInfoLabel.text = "\n".join(problems + notes[:1])
+        self.updateButtons()
+
+    def onExportCsv(self):
+        if self._metricsTableNode is None:
+            return
+        path = qt.QFileDialog.getSaveFileName(self.parent, "Export metrics", f"{self._metricsTableNode.GetName()}.csv",
+                                              "CSV files (*.csv)")
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not export the metrics.", waitCursor=True):
+            _lib().export_table_csv(self._metricsTableNode, path)
+            slicer.util.showStatusMessage(f"Metrics written to {path}", 3000)
+
+
+#
+# DiCycSynthesisLogic — Slicer-style access for scripts; the work is in DiCycSynthesisLib.logic
+#
+class DiCycSynthesisLogic(ScriptedLoadableModuleLogic):
+    """``DiCycSynthesisLogic().synthesis`` is a :class:`DiCycSynthesisLib.logic.SynthesisLogic`
+    whose children run with PythonSlicer; the helpers below pass ``slicer.mrmlScene`` to the
+    scene-parameterised functions of :mod:`DiCycSynthesisLib.logic`."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.synthesis = _lib().SynthesisLogic(python=pythonSlicerExecutable())
+
+    def setDefaultParameters(self, parameterNode):
+        defaults = {"Direction": "a2b", "Device": "auto", "Precision": "auto", "Batch": "8", "Tiles": "8"}
+        for name, value in defaults.items():
+            if not parameterNode.GetParameter(name):
+                parameterNode.SetParameter(name, value)
+
+    def synthesize(self, inputNode, modelPath, outputNode=None, **options):
+        """Synthesise inside Slicer (blocking); returns the output volume node."""
+        return _lib().synthesize_in_process(slicer.mrmlScene, inputNode, modelPath, output_node=outputNode,
+                                            **options)[0]
+
+    def checkerboard(self, aNode, bNode, tiles=8):
+        return _lib().make_checkerboard_node(slicer.mrmlScene, aNode, bNode, tiles)
+
+    def errorImage(self, syntheticNode, referenceNode):
+        return _lib().make_error_node(slicer.mrmlScene, syntheticNode, referenceNode)
+
+    def roiMetrics(self, syntheticNode, referenceNode, segmentationNode=None, roiNode=None, tableNode=None):
+        """Metrics per region into a table node (returned)."""
+        rows = _lib().roi_metrics(slicer.mrmlScene, syntheticNode, referenceNode, segmentationNode, roiNode)
+        return _lib().metrics_table_node(slicer.mrmlScene, rows, table_node=tableNode)
+
+
+#
+# DiCycSynthesisTest — in-Slicer self-test for users (Reload and Test)
+#
+class DiCycSynthesisTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_CompareAndMetrics()
+        self.setUp()
+        self.test_Synthesis()
+
+    def _phantom(self, name, scale=1.0, offset=0.0, seed=0):
+        import numpy as np
+        from dicyc.volume import Volume
+
+        rng = np.random.default_rng(seed)
+        z, y, x = np.meshgrid(np.linspace(-1, 1, 8), np.linspace(-1, 1, 48), np.linspace(-1, 1, 40), indexing="ij")
+        body = (x / 0.8) ** 2 + (y / 0.7) ** 2 < 1
+        array = np.where(body, 100.0, 0.0) + np.where((x ** 2 + y ** 2) < 0.05, 150.0, 0.0) + rng.normal(0, 4, x.shape)
+        volume = Volume((array * scale + offset).astype(np.float32), (1.2, 1.2, 3.0), (-24.0, -28.0, -12.0))
+        return _lib().add_volume_node(slicer.mrmlScene, volume, name)
+
+    def test_CompareAndMetrics(self):
+        import numpy as np
+
+        self.delayDisplay("Compare views and ROI metrics on a phantom")
+        lib = _lib()
+        reference = self._phantom("reference CT", scale=4.0, offset=-1000.0, seed=1)
+        synthetic = self._phantom("synthetic CT", scale=4.0, offset=-990.0, seed=2)
+        board = lib.make_checkerboard_node(slicer.mrmlScene, synthetic, reference, 4)
+        self.assertEqual(lib.volume_from_node(board).shape, lib.volume_from_node(synthetic).shape)
+        error = lib.make_error_node(slicer.mrmlScene, synthetic, reference)
+        expected = np.abs(lib.volume_from_node(synthetic).array - lib.volume_from_node(reference).array)
+        self.assertTrue(np.allclose(lib.volume_from_node(error).array, expected))
+        lib.setup_overlay(slicer.mrmlScene, reference, error, opacity=0.6, layout="reveal")
+        for node in lib.slice_composite_nodes(slicer.mrmlScene).values():
+            self.assertEqual(node.GetForegroundVolumeID(), error.GetID())
+            self.assertAlmostEqual(node.GetForegroundOpacity(), 0.6)
+        lib.setup_overlay(slicer.mrmlScene, synthetic, reference, layout="side-by-side")
+        slicer.util.resetSliceViews()
+
+        # a segment "aorta" from a labelmap, and a Markups ROI box
+        ref = lib.volume_from_node(reference)
+        labels = np.zeros(ref.shape, np.uint8)
+        labels[2:6, 20:28, 16:24] = 1
+        labelmap = lib.add_volume_node(slicer.mrmlScene, ref.with_array(labels), "aorta label",
+                                       node_class="vtkMRMLLabelMapVolumeNode")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+        segmentation.GetSegmentation().GetNthSegment(0).SetName("aorta")
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+        roi.SetCenter(0.0, 0.0, 0.0)
+        roi.SetSize(20.0, 20.0, 10.0)
+        rows = lib.roi_metrics(slicer.mrmlScene, synthetic, reference, segmentation_node=segmentation, roi_node=roi)
+        self.assertEqual([r["segment"] for r in rows], ["aorta", "box"])
+        from dicyc.metrics import compute_metrics
+
+        direct = compute_metrics(lib.volume_from_node(synthetic).array, ref.array, mask=labels == 1)
+        self.assertAlmostEqual(rows[0]["mse"], direct["mse"], places=6)
+        table = lib.metrics_table_node(slicer.mrmlScene, rows)
+        self.assertEqual(table.GetNumberOfRows(), 2)
+        path = os.path.join(tempfile.mkdtemp(prefix="dicyc-selftest-"), "metrics.csv")
+        lib.export_table_csv(table, path)
+        with open(path) as fh:
+            self.assertTrue(fh.readline().startswith("Segment,MSE,PSNR,SSIM,MAE,Voxels"))
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        self.delayDisplay("Compare views and ROI metrics passed")
+
+    def test_Synthesis(self):
+        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("safetensors") is None:
+            self.delayDisplay("PyTorch or safetensors is not installed: synthesis test skipped")
+            return
+        import numpy as np
+        import torch
+        from dicyc.modelfile import save_model
+        from dicyc.nets import build_generator
+
+        self.delayDisplay("Synthesis with a tiny untrained model")
+        lib = _lib()
+        arch = {"generator": "resnet", "ngf": 4, "n_blocks": 1, "upsample": "transpose", "input_nc": 1, "output_nc": 1}
+        card = {
+            "method": "cyclegan", "architecture": arch, "spacing": [2.0, 2.0], "slice_size": 64,
+            "domains": {
+                "a": {"name": "MR", "modality": "MR", "normalization": {
+                    "kind": "mr-percentile", "low": 10.0, "high": 300.0, "percentiles": [0.5, 99.5]}},
+                "b": {"name": "CT", "modality": "CT", "normalization": {
+                    "kind": "ct-window", "low": -1024.0, "high": 2000.0}},
+            },
+            "training": {"iterations_done": 0, "seed": 0},
+        }
+        folder = tempfile.mkdtemp(prefix="dicyc-selftest-")
+        model = os.path.join(folder, "tiny.safetensors")
+        torch.manual_seed(0)
+        save_model(model, {"G_AB": build_generator(arch), "G_BA": build_generator(arch)}, card)
+        self.assertIn("cyclegan", lib.model_summary(model)["text"])
+        mr = self._phantom("MR")
+        output = DiCycSynthesisLogic().synthesize(mr, model, device="cpu", precision="fp32")
+        self.assertTrue(np.array_equal(lib.ijk_to_ras_of(output), lib.ijk_to_ras_of(mr)))
+        self.assertEqual(output.GetDisplayNode().GetWindow(), 400.0)
+
+        # the background path, as the Synthesize CT button runs it
+        logic = DiCycSynthesisLogic().synthesis
+        logic.start(slicer.mrmlScene, mr, model, device="cpu", precision="fp32")
+        logic.wait(300)
+        background = logic.finish(slicer.mrmlScene)
+        self.assertTrue(np.allclose(lib.volume_from_node(background).array, lib.volume_from_node(output).array,
+                                    atol=1e-3))
+        shutil.rmtree(folder, ignore_errors=True)
+        self.delayDisplay("Synthesis passed")

@@ -1,0 +1,158 @@
+"""Fixtures for the Slicer-module logic tests, run on real MRML nodes from the ``slicer-core`` wheel.
+
+``slicer-core`` (PyPI) holds Slicer's MRML, logic and segmentation libraries without Qt or the
+application, so the modules' ``<Module>Lib`` logic — which takes the scene as a parameter —
+runs here unchanged. Without the wheel the tests in this folder are not collected (the report
+header says so).
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    import slicer
+
+    HAVE_SLICER_CORE = hasattr(slicer, "vtkMRMLScene")
+except ImportError:
+    slicer = None
+    HAVE_SLICER_CORE = False
+
+if HAVE_SLICER_CORE:
+    import vtk  # a dependency of slicer-core
+else:
+    # Without the wheel nothing here can even be imported: leave the folder out of collection
+    # (and say so in the report header) instead of failing on import errors.
+    collect_ignore_glob = ["test_*.py"]
+
+    def pytest_report_header(config):
+        return "slicer-core is not installed: the Slicer logic tests in Testing/slicer are not collected"
+
+ROOT = Path(__file__).resolve().parents[2]
+for module_dir in ("DiCycSynthesis", "DiCycTraining"):
+    path = ROOT / module_dir
+    if path.is_dir() and str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+_RULES_REGISTERED = []
+
+
+def register_segmentation_converter_rules():
+    """Register the binary-labelmap <-> closed-surface converter rules once per process.
+
+    Inside Slicer the Segmentations module does this at start-up; a bare MRML library needs it
+    before segmentation nodes can convert or export representations.
+    """
+    if _RULES_REGISTERED:
+        return
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+    _RULES_REGISTERED.append(True)
+
+
+@pytest.fixture
+def bare_scene():
+    """A fresh vtkMRMLScene with nothing in it (no colour tables, no views)."""
+    register_segmentation_converter_rules()
+    scene = slicer.vtkMRMLScene()
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture
+def scene(bare_scene):
+    """A fresh scene with Slicer's default colour tables (as the application has them)."""
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(bare_scene)
+    yield bare_scene
+    colors.SetMRMLScene(None)
+
+
+@pytest.fixture
+def slice_views(scene):
+    """Red, Yellow and Green slice views (slice + composite nodes) as Slicer's layout makes them;
+    returns {name: vtkMRMLSliceLogic}."""
+    from DiCycSynthesisLib.logic import create_slice_views
+
+    app_logic = slicer.vtkMRMLApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    logics = create_slice_views(scene)
+    collection = vtk.vtkCollection()
+    for logic in logics.values():
+        collection.AddItem(logic)
+    app_logic.SetSliceLogics(collection)
+    logics["_app"] = app_logic
+    yield logics
+    for name, logic in list(logics.items()):
+        if name != "_app":
+            logic.SetMRMLScene(None)
+    app_logic.SetMRMLScene(None)
+
+
+# ----------------------------------------------------------------- shared test data
+def oblique_direction(deg_z=20.0, deg_x=-12.0):
+    a, b = math.radians(deg_z), math.radians(deg_x)
+    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    return rz @ rx
+
+
+TINY_ARCH = {"generator": "resnet", "ngf": 4, "n_blocks": 1, "upsample": "transpose", "input_nc": 1, "output_nc": 1}
+
+
+def tiny_card():
+    return {
+        "method": "cyclegan",
+        "architecture": dict(TINY_ARCH),
+        "domains": {
+            "a": {"name": "MR", "modality": "MR",
+                  "normalization": {"kind": "mr-percentile", "low": 10.0, "high": 300.0, "percentiles": [0.5, 99.5]}},
+            "b": {"name": "CT", "modality": "CT",
+                  "normalization": {"kind": "ct-window", "low": -1024.0, "high": 2000.0}},
+        },
+        "spacing": [2.0, 2.0],
+        "slice_size": 64,
+        "training": {"iterations_done": 0, "seed": 0},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A real DiCyc model file (MR → CT) with tiny generators (ngf 4, one residual block)."""
+    torch = pytest.importorskip("torch")
+    from dicyc.modelfile import save_model
+    from dicyc.nets import build_generator
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny-mr2ct.safetensors"
+    save_model(path, {"G_AB": build_generator(TINY_ARCH), "G_BA": build_generator(TINY_ARCH)}, tiny_card())
+    return path
+
+
+def mr_like_volume(shape=(6, 40, 34), spacing=(0.9, 1.1, 3.0), seed=1, direction=None, origin=(12.5, -40.25, 7.0)):
+    """An MR-like ellipsoid (two tissues + noise) on an oblique, anisotropic grid."""
+    from dicyc.volume import Volume
+
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = shape
+    z, y, x = np.meshgrid(np.linspace(-1, 1, nz), np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
+    r = (x / 0.8) ** 2 + (y / 0.7) ** 2 + (z / 1.5) ** 2
+    arr = np.where(r < 1, 120.0, 0.0) + np.where(r < 0.3, 100.0, 0.0) + rng.normal(0, 3, shape)
+    arr = np.clip(arr, 0, None).astype(np.float32)
+    return Volume(arr, spacing, origin, oblique_direction() if direction is None else direction)
+
+
+@pytest.fixture
+def mr_volume():
+    """Factory: ``mr_volume(shape=..., spacing=..., seed=..., direction=..., origin=...)``."""
+    return mr_like_volume
+
+
+@pytest.fixture
+def model_card():
+    """Factory of the tiny model's card (a fresh dict each call)."""
+    return tiny_card
