@@ -316,7 +316,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"dicyc: warning: {message}", file=sys.stderr, flush=True)
 
 
+def _safe_streams():
+    """Never crash on a non-UTF-8 terminal: characters it cannot show (λ, →) are escaped."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv=None):
+    _safe_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
