@@ -280,6 +280,43 @@ def _cmd_synthesize(args):
     return 0
 
 
+def _add_bench(sub):
+    p = sub.add_parser(
+        "bench",
+        help="quality and speed benchmarks (the numbers in the README)",
+        description="Benchmarks that produce the figures quoted in the README. Each records the command, "
+        "the machine and the date; --json writes the full result.",
+    )
+    which = p.add_subparsers(dest="bench", metavar="BENCHMARK")
+    which.required = True
+    for name, text in (
+        ("quality", "PD<->T2 under domain-specific deformation on the multi-sequence phantom (the papers' protocol)"),
+        ("head", "real head MR->CT: alignment with the source MR and CT realism, CycleGAN vs DiCyc"),
+        ("speed", "synthesis slices/s against an fp32 eager reference, memory, training cost per method"),
+    ):
+        q = which.add_parser(name, help=text, description=text)
+        q.add_argument("--quick", action="store_true", help="small networks and a short schedule (minutes on a CPU)")
+        q.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE")
+        q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+        q.add_argument("--out", metavar="DIR", help="folder for models, volumes and figures (default: a folder in the cache)")
+        if name in ("quality", "head"):
+            q.add_argument("--methods", nargs="+", metavar="M", help="methods to compare (default: the protocol's)")
+        q.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args):
+    import importlib
+
+    module = importlib.import_module(f"dicyc.bench.{args.bench}")
+    result = module.run(args, log=_log)
+    if args.json:
+        from dicyc.atomic import write_text
+
+        write_text(args.json, json.dumps(result, indent=2))
+    print(module.summary(result))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="dicyc",
@@ -294,6 +331,7 @@ def build_parser():
     _add_synthesize(sub)
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_bench(sub)
     return parser
 
 
