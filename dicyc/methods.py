@@ -214,7 +214,10 @@ class DiCyc(AlignedCycleGAN):
         nets = super().build_networks()
         for direction in ("AB", "BA"):
             g = nets[f"G_{direction}"]
-            nets[f"O_{direction}"] = Deformation(g.warp_points, offsets=True, tps=False)
+            # the "lasagne" structure: offsets in front of the input block, both down-sampling
+            # convolutions and the residual stack (its first block), not inside the stack
+            points = [p for p in g.warp_points if p[0] in ("stem", "down1", "down2", "block0")]
+            nets[f"O_{direction}"] = Deformation(points, offsets=True, tps=False)
             if self.use_tps:
                 latent = [c for name, c, _ in g.warp_points if name == "latent"][0]
                 nets[f"T_{direction}"] = TPSTransformer(
@@ -258,19 +261,25 @@ class DiCyc(AlignedCycleGAN):
             ctx["target_latent_AB"] = nets["G_BA"].encode(ctx["real_b"])
             ctx["target_latent_BA"] = nets["G_AB"].encode(ctx["real_a"])
 
-    def deformation_terms(self, nets, ctx, undeformed):
-        """Adversarial losses on the deformed outputs and the deformation-invariant cycle loss."""
-        from dicyc.losses import l1, lsgan_loss
+    def adversarial_terms(self, nets, ctx):
+        """Deformed outputs G_T(x) and their adversarial losses (the discriminators judge these)."""
+        from dicyc.losses import lsgan_loss
 
         self.target_latents(nets, ctx)
-        a, b = ctx["real_a"], ctx["real_b"]
-        fake_b_t = self.deformed(nets, "AB", a, ctx)
-        fake_a_t = self.deformed(nets, "BA", b, ctx)
-        ctx["fake_b"], ctx["fake_a"] = fake_b_t, fake_a_t  # the discriminators judge deformed outputs
-        terms = {
+        fake_b_t = self.deformed(nets, "AB", ctx["real_a"], ctx)
+        fake_a_t = self.deformed(nets, "BA", ctx["real_b"], ctx)
+        ctx["fake_b"], ctx["fake_a"] = fake_b_t, fake_a_t
+        return {
             "adv_ab": lsgan_loss(nets["D_B"](fake_b_t), True),
             "adv_ba": lsgan_loss(nets["D_A"](fake_a_t), True),
         }
+
+    def deformation_terms(self, nets, ctx, undeformed):
+        """Adversarial losses on the deformed outputs and the deformation-invariant cycle loss."""
+        from dicyc.losses import l1
+
+        terms = self.adversarial_terms(nets, ctx)
+        fake_b_t, fake_a_t = ctx["fake_b"], ctx["fake_a"]
         ub, ua = undeformed
         dicyc = l1(self.deformed(nets, "BA", ub, ctx), nets["G_BA"](fake_b_t)) + l1(
             self.deformed(nets, "AB", ua, ctx), nets["G_AB"](fake_a_t)
@@ -279,12 +288,10 @@ class DiCyc(AlignedCycleGAN):
         return terms
 
     def transformer_step(self, nets, ctx):
-        """E step: only the global transformers move, towards outputs D accepts and dicyc agrees with."""
-        import torch
-
-        with torch.no_grad():
-            undeformed = (nets["G_AB"](ctx["real_a"]), nets["G_BA"](ctx["real_b"]))
-        terms = self.deformation_terms(nets, ctx, undeformed)
+        """E step: only the global transformers move, so the deformed outputs look like the target
+        domain — the transformer absorbs the domain's global deformation. (The M step's dicyc term
+        then makes the generators agree with it.)"""
+        terms = self.adversarial_terms(nets, ctx)
         total = sum(terms.values())
         return total, {"T": float(total.detach())}
 

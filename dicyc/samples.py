@@ -16,6 +16,9 @@ sample here therefore comes out of a package that the ordinary package tools fet
   grey/white-matter probability maps.
 * PyPI ``pydicom-data`` and ``pydicom`` (MIT; public DICOM test files): real single DICOM slices
   (abdominal CT and MR, a head CT slice) and two tiny DICOM fixtures.
+* The multi-sequence phantom (:mod:`dicyc.phantom`): PD-, T2- and T1-weighted spin-echo volumes
+  simulated from the MNI152 maps above; ``phantom-*`` are subject 00 of the default cohort, which
+  :func:`prepare_cohort` builds once into ``<cache>/phantom``.
 
 :func:`prepare` builds each requested sample once into ``<cache>/samples/NAME.nii.gz`` (the
 cache is ``$DICYC_CACHE`` or ``~/.cache/dicyc``) with correct geometry, writing every file
@@ -44,6 +47,7 @@ from dicyc.volume import Volume, read_volume, write_volume
 # --------------------------------------------------------------------------- sources
 _Debian = namedtuple("_Debian", "package path")  # an absolute path as installed by the package
 _Wheel = namedtuple("_Wheel", "dist version member")  # a member of a pinned PyPI wheel
+_Phantom = namedtuple("_Phantom", "sequence")  # a volume of subject 00 of the default phantom cohort
 _Sample = namedtuple("_Sample", "name description source kind")
 
 _INV = "/usr/share/doc/invesalius-examples/examples/"
@@ -101,6 +105,11 @@ _SAMPLES = (
     _dicom("ct-small", "tiny CT slice, 128x128, HU, vertebra and aorta (pydicom CT_small)", _PYDICOM,
            "pydicom/data/test_files/CT_small.dcm"),
     _dicom("mr-small", "tiny MR slice, 64x64 (pydicom MR_small)", _PYDICOM, "pydicom/data/test_files/MR_small.dcm"),
+    _Sample("phantom-pd", "simulated PD-weighted spin echo from MNI152 anatomy, 1.8 mm (phantom subject 00)",
+            _Phantom("pd"), "nifti"),
+    _Sample("phantom-t2", "simulated T2-weighted spin echo, pixel-aligned with phantom-pd", _Phantom("t2"), "nifti"),
+    _Sample("phantom-t1", "simulated T1-weighted spin echo, pixel-aligned with phantom-pd", _Phantom("t1"), "nifti"),
+    _Sample("phantom-mask", "brain mask of the phantom-pd/t2/t1 subject", _Phantom("mask"), "nifti"),
 )
 _BY_NAME = {s.name: s for s in _SAMPLES}
 
@@ -148,13 +157,31 @@ def prepare(names=None, cache_dir=None, log=print):
     return paths
 
 
+def prepare_cohort(cache_dir=None, log=print, **kw):
+    """The multi-sequence phantom cohort (:func:`dicyc.phantom.make_cohort`), built once; its folder.
+
+    The cohort goes to ``<cache>/phantom/<name>`` where ``cache`` defaults to
+    :func:`default_cache_dir` and ``name`` records the parameters (``kw``: ``n_subjects``,
+    ``n_test``, ``spacing``, ``seed`` and the simulation options); a folder that is already complete
+    is reused. The ``phantom-*`` samples are subject 00 of the default cohort.
+    """
+    from dicyc.phantom import cohort_name, make_cohort
+
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return make_cohort(root / "phantom" / cohort_name(**kw), log=log, **kw)
+
+
 def _describe(source):
+    if isinstance(source, _Phantom):
+        return "the multi-sequence MNI152 phantom (dicyc.phantom; MNI152 from PyPI nilearn)"
     if isinstance(source, _Debian):
         return f"Debian package {source.package}"
     return f"PyPI package {source.dist}=={source.version}"
 
 
 def _source_file(source, packages, log):
+    if isinstance(source, _Phantom):
+        return prepare_cohort(log=log) / f"sub-00_{source.sequence}.nii.gz"
     if isinstance(source, _Debian):
         return _debian_file(source, packages, log)
     return _wheel_file(source, packages, log)
