@@ -14,7 +14,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import sys
 import tempfile
 
 import qt
@@ -28,11 +27,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+import DiCycDependencies
+from DiCycDependencies import pythonSlicerExecutable
+
 #: Application setting through which DiCyc Training hands a freshly trained model over.
 MODEL_PATH_SETTING = "DiCyc/ModelPath"
-#: Python packages the engine needs besides torch (numpy, SimpleITK and VTK ship with Slicer).
-ENGINE_PACKAGES = {"scipy": "scipy>=1.7", "nibabel": "nibabel>=3.2"}
-SYNTHESIS_PACKAGES = {"safetensors": "safetensors>=0.4"}
 POLL_INTERVAL_MS = 200
 MODEL_FILE_ITEM = "Model file…"
 
@@ -70,91 +69,6 @@ MacGillivray T.J., "DiCyc: GAN-based deformation invariant cross-domain informat
 medical image synthesis", Information Fusion 67 (2021) 147–160, building on CycleGAN (Zhu et al. 2017).
 PyTorch is provided by the PyTorch extension (SlicerPyTorch).
 """
-
-
-#
-# Dependencies: asked for on first use, never at import time, never in testing mode
-#
-def pythonSlicerExecutable():
-    """The interpreter for background processes.
-
-    Inside Slicer ``sys.executable`` can be the application itself; ``PythonSlicer`` is the
-    launcher that sets up Slicer's Python environment for a child process.
-    """
-    found = shutil.which("PythonSlicer")
-    if found:
-        return found
-    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-    for folder in (os.path.dirname(sys.executable), os.path.join(os.path.dirname(sys.executable), "..", "bin")):
-        candidate = os.path.normpath(os.path.join(folder, name))
-        if os.path.exists(candidate):
-            return candidate
-    return None
-
-
-def missingPackages(needTorch):
-    wanted = dict(ENGINE_PACKAGES)
-    if needTorch:
-        wanted.update(SYNTHESIS_PACKAGES)
-    missing = [name for name in wanted if importlib.util.find_spec(name) is None]
-    if needTorch and importlib.util.find_spec("torch") is None:
-        missing.insert(0, "torch")
-    return missing
-
-
-def ensureDependencies(needTorch=True, parent=None):
-    """True when every package the requested work needs is importable, installing after asking.
-
-    torch comes through the PyTorch extension (``PyTorchUtils``), which picks a CUDA or CPU build
-    that suits this computer; other packages are installed with ``slicer.util.pip_install`` after
-    the user agrees. Nothing is installed in testing mode. A restart is offered when a package
-    that was already loaded got replaced.
-    """
-    missing = missingPackages(needTorch)
-    if not missing:
-        return True
-    if slicer.app.testingEnabled():
-        logging.info("DiCyc Synthesis: missing %s (nothing is installed in testing mode)", ", ".join(missing))
-        return False
-    if "torch" in missing:
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay(
-                "DiCyc synthesis needs PyTorch, which comes with the 'PyTorch' extension. Install it from the "
-                "Extensions Manager, restart Slicer and try again.", parent=parent)
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            # PyTorchUtils asks the user itself (askConfirmation) and chooses the CPU/CUDA build
-            with slicer.util.tryWithErrorDisplay("Failed to install PyTorch.", waitCursor=True):
-                torch = torchLogic.installTorch(askConfirmation=True)
-            if torch is None:
-                slicer.util.warningDisplay("PyTorch was not installed, so DiCyc cannot synthesise.", parent=parent)
-                return False
-        missing.remove("torch")
-    if missing:
-        wanted = dict(ENGINE_PACKAGES, **SYNTHESIS_PACKAGES)
-        requirements = [wanted[name] for name in missing]
-        if not slicer.util.confirmOkCancelDisplay(
-                "DiCyc needs these Python packages, which are not installed yet:\n\n  " + "\n  ".join(requirements)
-                + "\n\nInstall them now with pip? This needs a network connection and takes a minute.",
-                "DiCyc: install Python packages", parent=parent):
-            return False
-        alreadyLoaded = [name for name in missing if name in sys.modules]
-        with slicer.util.tryWithErrorDisplay("Failed to install Python packages.", waitCursor=True):
-            slicer.util.pip_install(requirements)
-        if alreadyLoaded and slicer.util.confirmYesNoDisplay(
-                "Some packages were already loaded and have been replaced. Restart Slicer now to use them?",
-                parent=parent):
-            slicer.util.restart()
-            return False
-    still = missingPackages(needTorch)
-    if still:
-        slicer.util.errorDisplay("Still missing after installation: " + ", ".join(still)
-                                 + ". Restart Slicer and try again.", parent=parent)
-        return False
-    return True
 
 
 def _lib():
@@ -403,7 +317,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if inputNode is None or not model:
             slicer.util.errorDisplay("Select an input volume and a model first.")
             return
-        if not ensureDependencies(needTorch=True):
+        if not DiCycDependencies.ensureDependencies("synthesis", DiCycDependencies.SYNTHESIS):
             return
         options = dict(direction=self.ui.directionComboBox.currentText, device=self.ui.deviceComboBox.currentText,
                        precision=self.ui.precisionComboBox.currentText, batch=self.ui.batchSpinBox.value)
@@ -465,7 +379,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCheckerboard(self):
         synthetic, reference = self._pair()
-        if not ensureDependencies(needTorch=False):
+        if not DiCycDependencies.ensureDependencies("comparison", DiCycDependencies.COMPARISON, needTorch=False):
             return
         with slicer.util.tryWithErrorDisplay("Could not make the checkerboard.", waitCursor=True):
             board = _lib().make_checkerboard_node(slicer.mrmlScene, synthetic, reference, self.ui.tilesSpinBox.value)
@@ -474,7 +388,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onErrorImage(self):
         synthetic, reference = self._pair()
-        if not ensureDependencies(needTorch=False):
+        if not DiCycDependencies.ensureDependencies("comparison", DiCycDependencies.COMPARISON, needTorch=False):
             return
         with slicer.util.tryWithErrorDisplay("Could not make the error image.", waitCursor=True):
             error = _lib().make_error_node(slicer.mrmlScene, synthetic, reference)
@@ -502,7 +416,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ----------------------------------------------------------------- ROI metrics
     def onComputeMetrics(self):
         synthetic, reference = self._pair()
-        if not ensureDependencies(needTorch=False):
+        if not DiCycDependencies.ensureDependencies("comparison", DiCycDependencies.COMPARISON, needTorch=False):
             return
         with slicer.util.tryWithErrorDisplay("Could not compute the metrics.", waitCursor=True):
             rows = _lib().roi_metrics(slicer.mrmlScene, synthetic, reference,

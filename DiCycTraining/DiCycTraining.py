@@ -8,11 +8,9 @@ whole process tree ends) and Resume (from the last checkpoint). When a model exi
 synthesis" hands it to the DiCyc Synthesis module.
 """
 
-import importlib.util
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -25,15 +23,11 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
+import DiCycDependencies
+from DiCycDependencies import pythonSlicerExecutable
+
 #: application setting through which a trained model is handed to DiCyc Synthesis
 MODEL_PATH_SETTING = "DiCyc/ModelPath"
-#: packages the training process needs besides torch (SimpleITK and numpy ship with Slicer)
-TRAINING_PACKAGES = {
-    "safetensors": "safetensors>=0.4",
-    "nibabel": "nibabel>=3.2",
-    "scipy": "scipy>=1.7",
-    "matplotlib": "matplotlib>=3.5",
-}
 POLL_INTERVAL_MS = 500
 
 
@@ -62,75 +56,6 @@ Methods after Wang et al., "DiCyc: GAN-based deformation invariant cross-domain 
 fusion for medical image synthesis" (Information Fusion 2021), and CycleGAN (Zhu et al. 2017).
 PyTorch comes from the PyTorch extension (SlicerPyTorch).
 """
-
-
-#
-# Dependencies (never at import time; skipped in testing mode)
-#
-def pythonSlicerExecutable():
-    """The interpreter for background processes: PythonSlicer (``sys.executable`` may be Slicer itself)."""
-    found = shutil.which("PythonSlicer")
-    if found:
-        return found
-    candidate = os.path.join(os.path.dirname(sys.executable), "PythonSlicer" + (".exe" if os.name == "nt" else ""))
-    return candidate if os.path.exists(candidate) else None
-
-
-def missingTrainingPackages():
-    missing = [name for name in TRAINING_PACKAGES if importlib.util.find_spec(name) is None]
-    if importlib.util.find_spec("torch") is None:
-        missing.insert(0, "torch")
-    return missing
-
-
-def ensureTrainingDependencies(parent=None):
-    """Make sure torch and the other packages training needs are installed, asking the user first.
-
-    torch comes from the PyTorch extension (``PyTorchUtils``: it picks a CPU or CUDA build for
-    this computer). Returns True when everything is there. In testing mode nothing is
-    installed: the answer is only whether it is all there.
-    """
-    missing = missingTrainingPackages()
-    if not missing:
-        return True
-    if slicer.app.testingEnabled():
-        logging.info("DiCyc Training: missing %s (not installed in testing mode)", ", ".join(missing))
-        return False
-    if "torch" in missing:
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay(
-                "DiCyc training needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
-                "restart Slicer, and try again.", parent=parent)
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            if not slicer.util.confirmOkCancelDisplay(
-                    "DiCyc training needs PyTorch, which is not installed yet.\n\n"
-                    "Install it now? The PyTorch extension chooses a CUDA build if this computer has a suitable "
-                    "NVIDIA GPU, else a CPU build. The download can take several minutes.",
-                    "Install PyTorch", parent=parent):
-                return False
-            with slicer.util.tryWithErrorDisplay("Failed to install PyTorch.", waitCursor=True):
-                torch = torchLogic.installTorch(askConfirmation=False)
-                if torch is None:
-                    return False
-        missing.remove("torch")
-    if missing:
-        requirements = [TRAINING_PACKAGES[name] for name in missing]
-        if not slicer.util.confirmOkCancelDisplay(
-                "DiCyc training needs these Python packages, which are not installed yet:\n\n  "
-                + "\n  ".join(requirements) + "\n\nInstall them now (pip)?", "Install Python packages", parent=parent):
-            return False
-        alreadyLoaded = [name for name in missing if name in sys.modules]
-        with slicer.util.tryWithErrorDisplay("Failed to install Python packages.", waitCursor=True):
-            slicer.util.pip_install(requirements)
-        if alreadyLoaded and slicer.util.confirmYesNoDisplay(
-                "Packages that were already loaded were updated. Restart Slicer now to use them?", parent=parent):
-            slicer.util.restart()
-            return False
-    return not missingTrainingPackages()
 
 
 #
@@ -252,7 +177,7 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
         if not itemsA or not itemsB:
             slicer.util.errorDisplay("Choose volumes for both domain A and domain B (files, folders or scene volumes).")
             return
-        if not ensureTrainingDependencies():
+        if not DiCycDependencies.ensureDependencies("training", DiCycDependencies.TRAINING):
             return
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
             inputs = os.path.join(outDir, "inputs")
@@ -267,7 +192,7 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
         if not outDir or not self.logic.has_checkpoint(outDir):
             slicer.util.errorDisplay("The output folder holds no training run to resume.")
             return
-        if not ensureTrainingDependencies():
+        if not DiCycDependencies.ensureDependencies("training", DiCycDependencies.TRAINING):
             return
         with slicer.util.tryWithErrorDisplay("Could not resume training.", waitCursor=True):
             self.logic.resume(outDir, {"device": self.options()["device"]})
@@ -418,8 +343,8 @@ class DiCycTrainingTest(ScriptedLoadableModuleTest):
 
     def test_TrainingFromSceneVolumes(self):
         self.delayDisplay("Starting the DiCyc Training test")
-        if missingTrainingPackages():
-            self.delayDisplay("Skipped: " + ", ".join(missingTrainingPackages())
+        if DiCycDependencies.missingPackages(DiCycDependencies.TRAINING):
+            self.delayDisplay("Skipped: " + ", ".join(DiCycDependencies.missingPackages(DiCycDependencies.TRAINING))
                               + " not installed (install the PyTorch extension).")
             return
         from DiCycTrainingLib.logic import TrainingLogic

@@ -5,7 +5,6 @@ the first run fetches the packages (apt-get download, pip download), later runs 
 """
 
 import io
-import os
 import plistlib
 import subprocess
 import sys

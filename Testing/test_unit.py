@@ -42,7 +42,6 @@ def toy_pair(tmp_path_factory):
 
 
 def unit_config(**extra):
-    from dicyc.methods import UNIT
     from dicyc.train import resolve_config
 
     base = {"method": "unit", "ngf": 4, "n_blocks": 2, "ndf": 4, "slice_size": 32, "spacing": [2.0, 2.0],

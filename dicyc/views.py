@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from dicyc.errors import DicycError
-from dicyc.volume import Volume, check_not_constant
+from dicyc.volume import check_not_constant
 
 ERROR_UNITS = ("raw", "window")
 

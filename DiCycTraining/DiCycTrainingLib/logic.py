@@ -22,7 +22,6 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import vtk
 
 from dicyc.background import BackgroundProcess, dicyc_command, pid_alive

@@ -51,6 +51,19 @@ def _upsample(in_ch, out_ch, mode):
     )
 
 
+def encoder_stages(input_nc, ngf):
+    """c7s1-ngf and the two stride-2 down-samplings (ngf → 2ngf → 4ngf), as separate stages.
+
+    Shared by the ResNet generator and UNIT's encoders so both have the papers' front end.
+    """
+    stem = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, kernel_size=7), _norm(ngf), nn.ReLU(inplace=True))
+    down1 = nn.Sequential(nn.Conv2d(ngf, 2 * ngf, kernel_size=3, stride=2, padding=1), _norm(2 * ngf), nn.ReLU(inplace=True))
+    down2 = nn.Sequential(
+        nn.Conv2d(2 * ngf, 4 * ngf, kernel_size=3, stride=2, padding=1), _norm(4 * ngf), nn.ReLU(inplace=True)
+    )
+    return stem, down1, down2
+
+
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, d2ngf, d4ngf, n_blocks x R4ngf, u2ngf, ungf, c7s1-output_nc, tanh.
 
@@ -68,15 +81,7 @@ class ResnetGenerator(nn.Module):
         self.input_nc, self.output_nc, self.ngf = input_nc, output_nc, ngf
         self.n_blocks, self.upsample = n_blocks, upsample
 
-        self.stem = nn.Sequential(
-            nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, kernel_size=7), _norm(ngf), nn.ReLU(inplace=True)
-        )
-        self.down1 = nn.Sequential(
-            nn.Conv2d(ngf, 2 * ngf, kernel_size=3, stride=2, padding=1), _norm(2 * ngf), nn.ReLU(inplace=True)
-        )
-        self.down2 = nn.Sequential(
-            nn.Conv2d(2 * ngf, 4 * ngf, kernel_size=3, stride=2, padding=1), _norm(4 * ngf), nn.ReLU(inplace=True)
-        )
+        self.stem, self.down1, self.down2 = encoder_stages(input_nc, ngf)
         self.blocks = nn.ModuleList(ResnetBlock(4 * ngf) for _ in range(n_blocks))
         self.up1 = _upsample(4 * ngf, 2 * ngf, upsample)
         self.up2 = _upsample(2 * ngf, ngf, upsample)

@@ -28,7 +28,7 @@ so every shared layer is one ``Parameter`` object reachable from both.
 
 from torch import nn
 
-from dicyc.nets.generator import UPSAMPLE_MODES, ResnetBlock, _norm, _upsample
+from dicyc.nets.generator import UPSAMPLE_MODES, ResnetBlock, _upsample, encoder_stages
 
 DIRECTIONS = ("a2b", "b2a")
 UNIT_DEFAULTS = {"shared_blocks": 1}
@@ -58,15 +58,7 @@ class UnitEncoder(nn.Module):
 
     def __init__(self, input_nc=1, ngf=64, n_blocks=3):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, kernel_size=7), _norm(ngf), nn.ReLU(inplace=True)
-        )
-        self.down1 = nn.Sequential(
-            nn.Conv2d(ngf, 2 * ngf, kernel_size=3, stride=2, padding=1), _norm(2 * ngf), nn.ReLU(inplace=True)
-        )
-        self.down2 = nn.Sequential(
-            nn.Conv2d(2 * ngf, 4 * ngf, kernel_size=3, stride=2, padding=1), _norm(4 * ngf), nn.ReLU(inplace=True)
-        )
+        self.stem, self.down1, self.down2 = encoder_stages(input_nc, ngf)
         self.blocks = nn.Sequential(*[ResnetBlock(4 * ngf) for _ in range(n_blocks)])
 
     def forward(self, x):
