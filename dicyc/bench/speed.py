@@ -1,0 +1,728 @@
+"""``dicyc bench speed``: synthesis throughput against a reference, memory, training and loader cost.
+
+What it measures (BENCHMARKS.md §3), every number a median of repeats, every comparison
+against a reference measured in the same process (shared machines are noisy; the result
+records the load average before and after):
+
+* **Synthesis** — the papers' generator (ResNet, ngf 64, 9 residual blocks; random weights:
+  speed does not depend on them) on 256x256 slices, through the *real* inference loop of
+  ``dicyc synthesize`` (:class:`dicyc.synthesize._Runner` with its default precision "auto",
+  the 40 dB guard included, and its default batch size, under ``torch.inference_mode``),
+  against a plain fp32 eager, batch-1, ``torch.no_grad()`` reference on the same slices.
+  Reference and default path alternate repeat by repeat, so a load change hits both. The
+  achieved GFLOP/s use an analytic count of the convolutions (:func:`conv_flops`) and are
+  set against a large matmul measured in the same run, in the default path's dtype and fp32.
+* **Memory** — peak resident memory while ``synthesize_volume_with_info`` (the default path)
+  turns a 512x512x300 int16 CT-like volume into the other domain, with a tiny generator (this
+  measures the pipeline, not the network), in a fresh subprocess so the peak is its own;
+  reported in MB and in float32 copies of the volume beyond the input.
+* **Training** — one iteration (every step of the recipe: forwards, backward, optimiser) of
+  each registered method at one network size on random [-1, 1] batches, methods interleaved
+  round by round, relative to CycleGAN (the paper: DiCyc 1.75x CycleGAN's time).
+* **Loader** — :func:`dicyc.data.loader_throughput` (slices drawn from the memory-mapped cache
+  and augmented) on two small prepared domains, against CycleGAN's iterations per second at
+  the quick size. Training draws batches in the training process itself, so ``loader_share``
+  is the fraction of an iteration spent on data.
+
+``--quick`` shrinks the repeat counts and the training size (a few minutes on 2 CPU cores);
+the full run uses the papers' training size (ngf 64, 9 blocks, 128x128).
+
+Test hook: the environment variable ``DICYC_BENCH_TINY=1`` shrinks every setting (tiny
+networks, 32x32 slices, a small memory volume, one iteration) so the whole command runs in
+seconds; the result says ``"mode": "tiny"``. Its numbers mean nothing; it exists so the test
+suite can run ``dicyc bench speed`` end to end.
+"""
+
+import inspect
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dicyc.bench import machine_info
+
+#: test hook: ``DICYC_BENCH_TINY=1`` shrinks everything (see the module docstring)
+TINY_ENV = "DICYC_BENCH_TINY"
+
+#: the papers' generator (CycleGAN's ResNet generator as the seed papers use it)
+PAPER_GENERATOR = {"ngf": 64, "n_blocks": 9}
+
+SETTINGS = {
+    "full": {
+        "synthesis": {"ngf": 64, "n_blocks": 9, "size": 256, "slices": 16, "reference_slices": 8, "repeats": 5,
+                      "matmul_size": 4096},
+        "memory": {"shape": (300, 512, 512), "spacing": (0.8, 0.8, 0.8), "ngf": 4, "n_blocks": 1},
+        "training": {"ngf": 64, "n_blocks": 9, "ndf": 64, "size": 128, "batch": 1, "iterations": 3, "warmup": 1,
+                     "settle": 1},
+        "loader": {"size": 64, "batch": 1, "n_batches": 100},
+    },
+    "quick": {
+        "synthesis": {"ngf": 64, "n_blocks": 9, "size": 256, "slices": 8, "reference_slices": 4, "repeats": 3,
+                      "matmul_size": 4096},
+        "memory": {"shape": (300, 512, 512), "spacing": (0.8, 0.8, 0.8), "ngf": 4, "n_blocks": 1},
+        "training": {"ngf": 16, "n_blocks": 3, "ndf": 16, "size": 64, "batch": 1, "iterations": 5, "warmup": 1,
+                     "settle": 1},
+        "loader": {"size": 64, "batch": 1, "n_batches": 50},
+    },
+    "tiny": {
+        "synthesis": {"ngf": 4, "n_blocks": 1, "size": 32, "slices": 2, "reference_slices": 2, "repeats": 2,
+                      "matmul_size": 128},
+        "memory": {"shape": (6, 48, 48), "spacing": (0.8, 0.8, 0.8), "ngf": 4, "n_blocks": 1},
+        "training": {"ngf": 4, "n_blocks": 2, "ndf": 4, "size": 32, "batch": 1, "iterations": 1, "warmup": 1,
+                     "settle": 0},
+        "loader": {"size": 32, "batch": 1, "n_batches": 5},
+    },
+}
+#: the loader is compared with CycleGAN at this size (the quick training size), in every mode
+LOADER_TRAINING = {"ngf": 16, "n_blocks": 3, "ndf": 16, "size": 64, "batch": 1, "iterations": 5, "warmup": 1,
+                   "settle": 1}
+#: the paper's DiCyc time relative to CycleGAN (Wang et al., Information Fusion 2021)
+PAPER_DICYC_RELATIVE_TIME = 1.75
+
+CT_WINDOW = {"kind": "ct-window", "low": -1024.0, "high": 2000.0}
+MR_RANGE = {"kind": "mr-percentile", "low": 0.0, "high": 1000.0, "percentiles": [0.5, 99.5]}
+
+
+def _quiet(message):
+    pass
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median(values):
+    return float(statistics.median(values))
+
+
+def _load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# ===================================================================== FLOPs
+def conv_flops(arch=None, size=256, input_nc=1):
+    """FLOPs (2 per multiply-add) of the convolutions of one ``size`` x ``size`` slice.
+
+    Returns ``(flops, flops_transposed_at_output)``. The first is what the hardware executes:
+    2·Cin·Cout·k²·Hout·Wout/groups per convolution and 2·Cin·Cout·k²·Hin·Win/groups per
+    transposed convolution (each *input* pixel scatters one k x k kernel; for stride 2 that is
+    a quarter of the output pixels). The second counts transposed convolutions at their
+    output size as if they were stride-1 convolutions, a common shortcut that overcounts
+    them 4x; for the papers' generator at 256² it gives the "about 112 GFLOP" of
+    BENCHMARKS.md, where the executed count is 97.5 GFLOP. Norms, pads and activations
+    (< 0.1 % of the FLOPs) are not counted. Counted on the meta device: nothing is computed.
+    """
+    import torch
+    from torch import nn
+
+    from dicyc.nets import build_generator
+
+    totals = [0, 0]
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        k = module.kernel_size[0] * module.kernel_size[1]
+        cin, cout, groups = module.in_channels, module.out_channels, module.groups
+        out_pixels = output.shape[0] * output.shape[-2] * output.shape[-1]
+        if isinstance(module, nn.ConvTranspose2d):
+            in_pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
+            totals[0] += 2 * cin * cout * k * in_pixels // groups
+        else:
+            totals[0] += 2 * cin * cout * k * out_pixels // groups
+        totals[1] += 2 * cin * cout * k * out_pixels // groups
+
+    with torch.device("meta"):
+        net = build_generator(arch or PAPER_GENERATOR, init=False)
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                m.register_forward_hook(hook)
+        net(torch.empty(1, input_nc, size, size))
+    return totals[0], totals[1]
+
+
+def matmul_gflops(n=4096, dtype="fp32", device="cpu", repeats=3):
+    """GFLOP/s of an ``n`` x ``n`` matmul in ``dtype`` ("fp32", "bf16", "fp16"), median of repeats."""
+    import torch
+
+    from dicyc.device import resolve_device
+
+    dev = resolve_device(device)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(dev, torch_dtype)
+    b = torch.randn(n, n, generator=gen).to(dev, torch_dtype)
+    with torch.inference_mode():
+        torch.mm(a, b)  # warm-up
+        _sync(dev)
+        times = []
+        for _ in range(max(1, int(repeats))):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / _median(times) / 1e9
+
+
+# ===================================================================== phantoms
+def _grid(ny, nx):
+    y, x = np.meshgrid(np.linspace(-1, 1, ny, dtype=np.float32), np.linspace(-1, 1, nx, dtype=np.float32),
+                       indexing="ij")
+    return y, x
+
+
+def ct_like_slice_hu(ny, nx, rng, scale=1.0):
+    """One axial CT-like slice in HU (int16): air, an elliptic body of soft tissue, a bone ring."""
+    y, x = _grid(ny, nx)
+    r = (x / (0.80 * scale)) ** 2 + (y / (0.62 * scale)) ** 2
+    hu = np.where(r < 1.0, 40.0, -1000.0).astype(np.float32)
+    hu[(r > 0.70) & (r < 0.82)] = 1000.0  # bone ring
+    hu[r < 0.15] = 0.0  # a fluid-like core
+    hu += rng.normal(0.0, 15.0, hu.shape).astype(np.float32) * (r < 1.0)
+    return np.clip(np.rint(hu), -1024, 3000).astype(np.int16)
+
+
+def ct_like_slices(n, size, seed=0):
+    """``n`` CT-like slices (n, size, size) float32 normalised to [-1, 1] as the CT window does."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size), dtype=np.float32)
+    for k in range(n):
+        hu = ct_like_slice_hu(size, size, rng, scale=0.9 + 0.1 * math.cos(k))
+        out[k] = (hu.astype(np.float32) - CT_WINDOW["low"]) * (2.0 / (CT_WINDOW["high"] - CT_WINDOW["low"])) - 1.0
+    np.clip(out, -1.0, 1.0, out=out)
+    return out
+
+
+def ct_like_volume(shape=(300, 512, 512), spacing=(0.8, 0.8, 0.8), seed=0):
+    """An int16 CT-like :class:`~dicyc.volume.Volume` built slice by slice (no whole-volume temporaries)."""
+    from dicyc.volume import Volume
+
+    nz, ny, nx = shape
+    rng = np.random.default_rng(seed)
+    array = np.empty(shape, dtype=np.int16)
+    for k in range(nz):
+        z = (k / max(nz - 1, 1)) * 2.0 - 1.0
+        array[k] = ct_like_slice_hu(ny, nx, rng, scale=math.sqrt(max(1.0 - 0.5 * z * z, 0.05)))
+    return Volume(array, spacing)
+
+
+class _BenchModel:
+    """The two things synthesis needs of a model: its card and its generator."""
+
+    path = None
+
+    def __init__(self, generator, spacing):
+        self._generator = generator
+        self.card = {
+            "method": "cyclegan",
+            "architecture": generator.architecture(),
+            "domains": {
+                "a": {"name": "CT", "modality": "CT", "normalization": dict(CT_WINDOW)},
+                "b": {"name": "MR", "modality": "MR", "normalization": dict(MR_RANGE)},
+            },
+            "spacing": [float(spacing[0]), float(spacing[1])],
+            "slice_size": 256,
+        }
+
+    def generator(self, direction="a2b"):
+        return self._generator
+
+
+# ===================================================================== synthesis
+def default_synthesis_batch():
+    """The batch size ``dicyc synthesize`` uses by default."""
+    from dicyc.synthesize import synthesize_volume_with_info
+
+    return int(inspect.signature(synthesize_volume_with_info).parameters["batch"].default)
+
+
+def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4, repeats=3, device="cpu",
+                      precision="auto", batch=None, matmul_size=4096, seed=0, log=None):
+    """Slices per second of synthesis's inference loop against an fp32 eager batch-1 reference.
+
+    The default path is :class:`dicyc.synthesize._Runner` as ``synthesize_volume_with_info``
+    drives it (``precision``, ``batch`` default to synthesis's own defaults; the "auto" probe
+    runs during the warm-up), timed on ``slices`` CT-like slices per repeat; the reference runs
+    the same fp32 generator on ``reference_slices`` slices one at a time under ``no_grad``.
+    Each repeat times the reference, then the default path. ``speedup_vs_reference`` is the
+    ratio of the two medians. Returns the JSON-ready ``synthesis`` entry of the result.
+    """
+    import torch
+
+    from dicyc.device import resolve_device
+    from dicyc.nets import build_generator
+    from dicyc.synthesize import _dtype_name, _Runner
+
+    log = log or _quiet
+    dev = resolve_device(device)
+    batch = default_synthesis_batch() if batch is None else int(batch)
+    slices, reference_slices, repeats = int(slices), int(reference_slices), max(1, int(repeats))
+    torch.manual_seed(seed)
+    arch = {"ngf": int(ngf), "n_blocks": int(n_blocks)}
+    generator = build_generator(arch).to(dev).eval()
+    x = ct_like_slices(max(slices, reference_slices, batch), size, seed)
+    out = np.zeros_like(x)
+
+    runner = _Runner(generator, dev, precision, batch, None)
+    runner.decide_explicit()
+    ref_times, default_times = [], []
+    with torch.inference_mode():
+        runner.run_view(x[:max(batch, slices)], out[:max(batch, slices)], 0, accumulate=False)  # probe + warm-up
+    with torch.no_grad():
+        generator(torch.from_numpy(x[:1, None]).to(dev)).cpu()  # reference warm-up
+    for r in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for i in range(reference_slices):
+                generator(torch.from_numpy(x[i : i + 1, None]).to(dev)).cpu()
+        _sync(dev)
+        ref_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            runner.run_range(x, out, 0, 0, slices, accumulate=False)
+        _sync(dev)
+        default_times.append(time.perf_counter() - t0)
+        log(f"  repeat {r + 1}/{repeats}: reference {reference_slices / ref_times[-1]:.3f} slices/s, "
+            f"default {slices / default_times[-1]:.3f} slices/s")
+
+    precision_used = _dtype_name(runner.dtype)
+    flops, flops_out = conv_flops(arch, size)
+    default_rate = _median([slices / t for t in default_times])
+    reference_rate = _median([reference_slices / t for t in ref_times])
+    ceiling = matmul_gflops(matmul_size, precision_used, dev)
+    ceiling_fp32 = ceiling if precision_used == "fp32" else matmul_gflops(matmul_size, "fp32", dev)
+    gflops = flops * default_rate / 1e9
+    return {
+        "slices_per_s": default_rate,
+        "reference_slices_per_s": reference_rate,
+        "speedup_vs_reference": default_rate / reference_rate,
+        "speedup_per_repeat": [(slices / d) / (reference_slices / r) for d, r in zip(default_times, ref_times)],
+        "gflops": gflops,
+        "reference_gflops": flops * reference_rate / 1e9,
+        "matmul_ceiling_gflops": ceiling,
+        "matmul_ceiling_fp32_gflops": ceiling_fp32,
+        "matmul_size": int(matmul_size),
+        "fraction_of_ceiling": gflops / ceiling,
+        "flops_per_slice": flops,
+        "flops_per_slice_transposed_at_output": flops_out,
+        "precision": precision_used,
+        "psnr_low_vs_fp32": runner.psnr,
+        "batch": runner.batch,
+        "size": int(size),
+        "ngf": int(ngf),
+        "n_blocks": int(n_blocks),
+        "slices": slices,
+        "reference_slices": reference_slices,
+        "repeats": repeats,
+        "reference": "fp32 eager, batch 1, torch.no_grad(), same generator, process and threads",
+        "default_path": "dicyc.synthesize._Runner (precision 'auto' with its 40 dB guard, default batch), "
+                        "torch.inference_mode()",
+    }
+
+
+# ===================================================================== memory
+def _rss_kb(field):
+    """``VmRSS`` / ``VmHWM`` of this process in kB from /proc (None where unavailable)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss():
+    """Reset the kernel's peak-RSS mark (Linux ``clear_refs`` 5); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _memory_child(params):
+    """Runs in a fresh process: synthesise the CT-like volume, return the memory facts."""
+    import resource
+    import tracemalloc
+
+    import torch
+
+    from dicyc.device import resolve_device
+    from dicyc.nets import build_generator
+    from dicyc.synthesize import synthesize_volume_with_info
+
+    shape, spacing = tuple(params["shape"]), tuple(params["spacing"])
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
+    dev = resolve_device(params["device"])
+    torch.manual_seed(0)
+    generator = build_generator({"ngf": params["ngf"], "n_blocks": params["n_blocks"]})
+    model = _BenchModel(generator, params.get("model_spacing") or spacing[:2])
+    # warm-up on a small volume: imports, kernels, allocator pools (not part of the peak)
+    synthesize_volume_with_info(model, ct_like_volume((4, 64, 64), spacing), device=dev)
+    volume = ct_like_volume(shape, spacing)
+    input_bytes = volume.array.nbytes
+    f32_bytes = volume.array.size * 4
+    rss_before = _rss_kb("VmRSS")
+    reset = _reset_peak_rss()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    synthetic, info = synthesize_volume_with_info(model, volume, device=dev)
+    seconds = time.perf_counter() - t0
+    _, numpy_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    hwm = _rss_kb("VmHWM") if reset else None
+    peak_kb = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mb = 1024.0 * 1024.0
+    out = {
+        "shape": list(shape),
+        "spacing_mm": list(spacing),
+        "input_dtype": str(volume.array.dtype),
+        "input_mb": input_bytes / mb,
+        "float32_copy_mb": f32_bytes / mb,
+        "rss_before_mb": (rss_before or 0) / 1024.0,
+        "peak_rss_mb": peak_kb / 1024.0,
+        "peak_rss_increase_mb": (peak_kb - (rss_before or 0)) / 1024.0,
+        "float32_copies_beyond_input": (peak_kb - (rss_before or 0)) * 1024.0 / f32_bytes,
+        "numpy_peak_mb": numpy_peak / mb,
+        "numpy_float32_copies": numpy_peak / f32_bytes,
+        "peak_measure": "VmHWM after clear_refs" if hwm is not None else "ru_maxrss (process lifetime)",
+        "seconds": seconds,
+        "precision": info["precision"],
+        "batch": info["batch"],
+        "model_grid": info["model_grid"],
+        "model_spacing_mm": list(model.card["spacing"]),
+        "generator": {"ngf": params["ngf"], "n_blocks": params["n_blocks"]},
+        "output_dtype": str(synthetic.array.dtype),
+    }
+    if dev.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / mb
+    return out
+
+
+def measure_memory(shape=(300, 512, 512), spacing=(0.8, 0.8, 0.8), ngf=4, n_blocks=1, device="cpu",
+                   model_spacing=None, threads=None, timeout=1800):
+    """Peak memory of ``synthesize_volume_with_info`` (default path) on an int16 CT-like volume.
+
+    Runs in a fresh subprocess so the peak resident set is this synthesis's own. The model's
+    spacing defaults to the volume's (no in-plane resampling: the model-space arrays are as
+    large as the input, the worst case); ``float32_copies_beyond_input`` is the peak increase
+    over the resident set with the input loaded, in float32 copies of the volume. The
+    subprocess uses ``threads`` torch threads (default: this process's).
+    """
+    import torch
+
+    from dicyc.device import resolve_device
+
+    params = {"shape": list(shape), "spacing": list(spacing), "ngf": int(ngf), "n_blocks": int(n_blocks),
+              "device": str(resolve_device(device)), "model_spacing": model_spacing,
+              "threads": int(threads or torch.get_num_threads())}
+    code = ("import json, sys\nfrom dicyc.bench.speed import _memory_child\n"
+            "print('DICYC-MEMORY ' + json.dumps(_memory_child(json.loads(sys.argv[1]))))")
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(params)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("DICYC-MEMORY "):
+            return json.loads(line[len("DICYC-MEMORY "):])
+    raise RuntimeError(f"the memory measurement failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+
+
+# ===================================================================== training
+def _fake_domain(n, size, seed):
+    """What a recipe's ``prepare`` reads of a DomainData: ``volumes`` and ``body_slices``."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    volume = rng.uniform(-1.0, 1.0, (n, size, size)).astype(np.float32)
+    return SimpleNamespace(volumes=[volume], body_slices=[np.arange(n)], slice_size=size)
+
+
+def _training_state(name, ngf, n_blocks, ndf, size, batch, device, seed):
+    import torch
+
+    from dicyc.losses import ImagePool
+    from dicyc.methods import get_method
+    from dicyc.train import _unique_parameters, resolve_config
+
+    overrides = {"method": name, "ngf": ngf, "n_blocks": n_blocks, "ndf": ndf, "slice_size": size,
+                 "batch_size": batch, "seed": seed}
+    if name == "cycle-medgan":  # its feature extractors' pre-training is a one-off, not an iteration
+        overrides.update(extractor_steps=2, extractor_slices=8)
+    config = resolve_config({}, overrides)
+    recipe = get_method(name)(config)
+    torch.manual_seed(seed)
+    recipe.prepare(_fake_domain(8, size, seed), _fake_domain(8, size, seed + 1), device, _quiet)
+    nets = {k: net.to(device) for k, net in recipe.build_networks().items()}
+    groups = recipe.optimizer_groups()
+    optimizers = {
+        k: torch.optim.Adam(_unique_parameters(nets, members), lr=config["lr"],
+                            betas=(config["beta1"], config["beta2"]))
+        for k, members in groups.items()
+    }
+    pool_gen = torch.Generator().manual_seed(seed)
+    pools = {k: ImagePool(config["pool_size"], pool_gen) for k in recipe.pools()}
+    return {"recipe": recipe, "nets": nets, "groups": groups, "optimizers": optimizers, "pools": pools,
+            "steps": recipe.steps(), "gen": torch.Generator().manual_seed(seed + 7)}
+
+
+def _iteration(state, batch, size, device):
+    """One training iteration exactly as ``dicyc.train.train`` runs it, on random [-1, 1] batches."""
+    import torch
+
+    gen = state["gen"]
+    real_a = (torch.rand((batch, 1, size, size), generator=gen) * 2.0 - 1.0).to(device)
+    real_b = (torch.rand((batch, 1, size, size), generator=gen) * 2.0 - 1.0).to(device)
+    ctx = {"real_a": real_a, "real_b": real_b, "pools": state["pools"], "iteration": 0}
+    nets, groups = state["nets"], state["groups"]
+    for opt_name, step in state["steps"]:
+        members = set(groups[opt_name])
+        for name, net in nets.items():
+            net.requires_grad_(name in members)
+        opt = state["optimizers"][opt_name]
+        opt.zero_grad(set_to_none=True)
+        loss, _ = step(nets, ctx)
+        loss.backward()
+        opt.step()
+
+
+def measure_training(methods=None, ngf=16, n_blocks=3, ndf=None, size=64, batch=1, iterations=3, warmup=1,
+                     settle=1, device="cpu", seed=0, log=None):
+    """Seconds per training iteration of each method, and its ratio to CycleGAN's.
+
+    Every method's networks and optimisers are built first; then rounds run each method in
+    turn (``warmup`` untimed rounds, ``iterations`` timed ones), so a change in machine load
+    hits every method alike. Within a round a method runs ``settle`` untimed iterations before
+    the timed one: the first iteration after switching methods pays for cold caches and fresh
+    pages (up to 2x at small sizes), which a training run, one method throughout, does not.
+    Returns ``{method: {"iteration_s",
+    "relative_to_cyclegan", "iterations_s"}}`` (plus ``peak_gpu_mb`` on CUDA).
+    """
+    import torch
+
+    from dicyc.device import resolve_device
+    from dicyc.methods import METHODS
+
+    log = log or _quiet
+    dev = resolve_device(device)
+    methods = list(METHODS) if methods is None else list(methods)
+    ndf = int(ndf if ndf is not None else ngf)
+    states = {}
+    for name in methods:
+        states[name] = _training_state(name, int(ngf), int(n_blocks), ndf, int(size), int(batch), dev, seed)
+    times = {name: [] for name in methods}
+    peaks = {name: 0.0 for name in methods}
+    for r in range(int(warmup) + max(1, int(iterations))):
+        timed = r >= int(warmup)
+        for name in methods:
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            for _ in range(int(settle) if timed else 0):
+                _iteration(states[name], int(batch), int(size), dev)
+            _sync(dev)
+            t0 = time.perf_counter()
+            _iteration(states[name], int(batch), int(size), dev)
+            _sync(dev)
+            if timed:
+                times[name].append(time.perf_counter() - t0)
+            if dev.type == "cuda":
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(dev) / 2**20)
+        if timed:
+            log(f"  round {r - int(warmup) + 1}/{iterations}: "
+                + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in methods))
+    del states
+    base = _median(times["cyclegan"]) if "cyclegan" in times else None
+    out = {}
+    for name in methods:
+        t = _median(times[name])
+        entry = {"iteration_s": t, "relative_to_cyclegan": (t / base) if base else None, "iterations_s": times[name]}
+        if dev.type == "cuda":
+            entry["peak_gpu_mb"] = peaks[name]
+        out[name] = entry
+    return out
+
+
+# ===================================================================== loader
+def measure_loader(size=64, batch=1, n_batches=50, workdir=None, seed=0):
+    """Batches per second of the training data path (sampler over the cache + augmentation).
+
+    Two small volumes (a CT-like and an MR-like one) are written with
+    :func:`dicyc.volume.write_volume` and prepared with :meth:`dicyc.data.DomainData.prepare`
+    into a cache under ``workdir`` (a temporary folder by default).
+    """
+    from dicyc.data import DomainData, UnpairedSampler, loader_throughput
+    from dicyc.volume import Volume, write_volume
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        n_in = int(round(size * 1.5))
+        ct = ct_like_volume((24, n_in, n_in), (1.2, 1.2, 2.0), seed)
+        mr_array = np.where(ct.array > -500, ct.array.astype(np.float32) * 0.3 + 300.0, 0.0).astype(np.float32)
+        mr = Volume(mr_array, ct.spacing)
+        write_volume(ct, tmp / "ct.nii.gz")
+        write_volume(mr, tmp / "mr.nii.gz")
+        cache = tmp / "cache"
+        data_a = DomainData.prepare([tmp / "mr.nii.gz"], "MR", (1.8, 1.8), size, cache)
+        data_b = DomainData.prepare([tmp / "ct.nii.gz"], "CT", (1.8, 1.8), size, cache)
+        sampler = UnpairedSampler(data_a, data_b, int(batch), seed=seed)
+        rate = loader_throughput(sampler, n_batches=int(n_batches), seed=seed)
+        del sampler, data_a, data_b
+    return {"batches_per_s": rate, "batch": int(batch), "size": int(size), "n_batches": int(n_batches)}
+
+
+# ===================================================================== the command
+def _mode(args):
+    if os.environ.get(TINY_ENV, "").strip() not in ("", "0"):
+        return "tiny"
+    return "quick" if getattr(args, "quick", False) else "full"
+
+
+def run(args, log):
+    """``dicyc bench speed``: every measurement of the module docstring; returns the JSON-ready result."""
+    import torch
+
+    mode = _mode(args)
+    if mode != "tiny":
+        return _run(args, log or _quiet, mode)
+    # test hook: one thread, since on a loaded machine two threads make tiny ops wait for a
+    # descheduled thread at every op (10x slower); restored afterwards for in-process callers
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(args, log or _quiet, mode)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args, log, mode):
+    import torch
+
+    from dicyc.device import resolve_device
+
+    s = SETTINGS[mode]
+    dev = resolve_device(getattr(args, "device", "auto"))
+    t_start = time.perf_counter()
+    result = {
+        "benchmark": "speed",
+        "machine": machine_info(),
+        "quick": bool(getattr(args, "quick", False)),
+        "mode": mode,
+        "device": str(dev),
+        "load_average_start": _load_average(),
+        "config": {k: {kk: (list(vv) if isinstance(vv, tuple) else vv) for kk, vv in v.items()} for k, v in s.items()},
+    }
+    if mode == "tiny":
+        result["note"] = f"{TINY_ENV} is set: tiny test settings, the numbers mean nothing"
+
+    syn = s["synthesis"]
+    log(f"synthesis: generator ngf {syn['ngf']}, {syn['n_blocks']} blocks, {syn['size']}x{syn['size']} slices on {dev}")
+    result["synthesis"] = measure_synthesis(device=dev, log=log, **syn)
+
+    mem = s["memory"]
+    log(f"memory: synthesising a {'x'.join(map(str, mem['shape'][::-1]))} int16 volume in a subprocess")
+    result["memory"] = measure_memory(device=dev, **mem)
+    if tuple(mem["shape"]) != (300, 512, 512):
+        result["memory"]["note"] = f"{mode} setting: a smaller volume than the 512x512x300 of the protocol"
+
+    tr = dict(s["training"])
+    log(f"training: one iteration of every method at ngf {tr['ngf']}, {tr['n_blocks']} blocks, "
+        f"{tr['size']}x{tr['size']}, batch {tr['batch']}")
+    result["training"] = measure_training(device=dev, log=log, **tr)
+
+    ld = s["loader"]
+    log(f"loader: {ld['n_batches']} batches of {ld['batch']} slice(s), {ld['size']}x{ld['size']}")
+    loader = measure_loader(workdir=getattr(args, "out", None), **ld)
+    if mode == "full":
+        quick_cyclegan = measure_training(methods=["cyclegan"], device=dev, **LOADER_TRAINING)["cyclegan"]
+        train_size = LOADER_TRAINING
+    else:
+        quick_cyclegan = result["training"]["cyclegan"]
+        train_size = tr
+    iteration_s = quick_cyclegan["iteration_s"]
+    loader["training_iterations_per_s"] = 1.0 / iteration_s
+    loader["ratio"] = loader["batches_per_s"] * iteration_s
+    loader["loader_share"] = (1.0 / loader["batches_per_s"]) / (1.0 / loader["batches_per_s"] + iteration_s)
+    loader["training"] = {"method": "cyclegan",
+                          **{k: train_size[k] for k in ("ngf", "n_blocks", "ndf", "size", "batch")}}
+    result["loader"] = loader
+
+    result["load_average_end"] = _load_average()
+    result["seconds"] = time.perf_counter() - t_start
+    result["torch_threads"] = torch.get_num_threads()
+    return result
+
+
+def summary(result):
+    """The key numbers as a few lines of text."""
+    m = result.get("machine", {})
+    lines = [
+        f"dicyc bench speed ({result.get('mode')}) on {m.get('cpu') or m.get('processor')}"
+        f"{', ' + m['gpu'] if m.get('gpu') else ''}, torch {m.get('torch')}, {m.get('torch_threads')} threads, "
+        f"device {result.get('device')}; load average {result.get('load_average_start')} -> "
+        f"{result.get('load_average_end')}; {result.get('seconds', 0):.0f} s",
+    ]
+    if result.get("note"):
+        lines.append(f"note: {result['note']}")
+    s = result.get("synthesis")
+    if s:
+        lines.append(
+            f"synthesis (ngf {s['ngf']}, {s['n_blocks']} blocks, {s['size']}x{s['size']}, "
+            f"{s['flops_per_slice'] / 1e9:.1f} GFLOP/slice): default path ({s['precision']}, batch {s['batch']}) "
+            f"{s['slices_per_s']:.3f} slices/s vs fp32 eager batch-1 reference {s['reference_slices_per_s']:.3f} "
+            f"slices/s -> speedup {s['speedup_vs_reference']:.2f}x"
+        )
+        lines.append(
+            f"  {s['gflops']:.0f} GFLOP/s achieved (reference {s['reference_gflops']:.0f}); matmul ceiling "
+            f"{s['matmul_ceiling_gflops']:.0f} GFLOP/s {s['precision']}, {s['matmul_ceiling_fp32_gflops']:.0f} fp32 "
+            f"-> {100 * s['fraction_of_ceiling']:.0f}% of the ceiling"
+        )
+    mem = result.get("memory")
+    if mem:
+        shape = "x".join(map(str, mem["shape"][::-1]))
+        lines.append(
+            f"memory: synthesising a {shape} {mem['input_dtype']} volume ({mem['input_mb']:.0f} MB; "
+            f"{mem['float32_copy_mb']:.0f} MB per float32 copy): peak RSS {mem['peak_rss_mb']:.0f} MB, "
+            f"+{mem['peak_rss_increase_mb']:.0f} MB over the loaded input = "
+            f"{mem['float32_copies_beyond_input']:.2f} float32 copies (numpy peak {mem['numpy_float32_copies']:.2f})"
+            + (f" [{mem['note']}]" if mem.get("note") else "")
+        )
+    tr = result.get("training")
+    if tr:
+        c = result.get("config", {}).get("training", {})
+        lines.append(
+            f"training iteration (ngf {c.get('ngf')}, {c.get('n_blocks')} blocks, ndf {c.get('ndf')}, "
+            f"{c.get('size')}x{c.get('size')}, batch {c.get('batch')}); seconds and x CycleGAN "
+            f"(paper: DiCyc {PAPER_DICYC_RELATIVE_TIME}x):"
+        )
+        for name, e in tr.items():
+            rel = e.get("relative_to_cyclegan")
+            lines.append(f"  {name:<14} {e['iteration_s']:8.3f} s  {rel:5.2f}x" if rel is not None
+                         else f"  {name:<14} {e['iteration_s']:8.3f} s")
+    ld = result.get("loader")
+    if ld:
+        lines.append(
+            f"loader: {ld['batches_per_s']:.1f} batches/s ({ld['batch']} x {ld['size']}x{ld['size']}, augmented) vs "
+            f"{ld['training_iterations_per_s']:.2f} CycleGAN iterations/s -> ratio {ld['ratio']:.1f} "
+            f"(data is {100 * ld['loader_share']:.1f}% of an iteration)"
+        )
+    return "\n".join(lines)
