@@ -5,21 +5,9 @@ import pytest
 import torch
 
 from dicyc.methods import METHODS, DiCyc, get_method, list_methods
-from dicyc.volume import Volume, write_volume
 
 PAPER_METHODS = ["cyclegan", "nmi-cyclegan", "gcc-cyclegan", "mind-cyclegan", "dicyc", "gcc-dicyc", "mind-dicyc",
                  "dicyclegan", "cycle-medgan", "unit"]
-
-
-@pytest.fixture(scope="module")
-def toy_pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("toy")
-    z, y, x = np.indices((12, 40, 40))
-    body = ((y - 20) / 14.0) ** 2 + ((x - 20) / 11.0) ** 2 < 1
-    ring = body & ~(((y - 20) / 11.0) ** 2 + ((x - 20) / 8.0) ** 2 < 1)
-    write_volume(Volume((np.where(body, 300.0, 0.0) - np.where(ring, 200.0, 0.0)).astype(np.float32), (2, 2, 3)), d / "mr.nii.gz")
-    write_volume(Volume((np.where(body, 40.0, -1000.0) + np.where(ring, 960.0, 0.0)).astype(np.int16), (2, 2, 3)), d / "ct.nii.gz")
-    return str(d / "mr.nii.gz"), str(d / "ct.nii.gz"), str(d / "cache")
 
 
 def _config(method, cache, **extra):
@@ -54,7 +42,8 @@ def test_each_method_trains_and_its_model_synthesises(method, toy_pair, tmp_path
 
     if method not in METHODS:
         pytest.skip(f"{method} is not registered")
-    mr, ct, cache = toy_pair
+    mr, ct = toy_pair
+    cache = str(tmp_path.parent / "toy-cache")  # shared by the tests of this session's tmp folder
     model_path = train(mr, ct, tmp_path / method, _config(method, cache), device="cpu")
     model = load_model(model_path)
     assert model.card["method"] == method
@@ -69,7 +58,8 @@ def test_dicyc_model_file_costs_what_a_cyclegan_costs(toy_pair, tmp_path):
 
     from dicyc.train import train
 
-    mr, ct, cache = toy_pair
+    mr, ct = toy_pair
+    cache = str(tmp_path.parent / "toy-cache")  # shared by the tests of this session's tmp folder
     a = load_file(str(train(mr, ct, tmp_path / "c", _config("cyclegan", cache), device="cpu")))
     b = load_file(str(train(mr, ct, tmp_path / "d", _config("dicyc", cache), device="cpu")))
     assert a.keys() == b.keys()

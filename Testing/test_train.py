@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from dicyc.errors import DicycError
-from dicyc.volume import Volume, write_volume
 
 TINY = ["--ngf", "8", "--n-blocks", "1", "--ndf", "8", "--slice-size", "64", "--spacing", "4"]
 
@@ -23,20 +22,6 @@ def head_pair():
 
     paths = prepare(["head-mr", "head-ct"], log=lambda m: None)
     return str(paths["head-mr"]), str(paths["head-ct"])
-
-
-@pytest.fixture(scope="module")
-def toy_pair(tmp_path_factory):
-    """Small MR-like and CT-like volumes (a bright ellipse body) for fast in-process runs."""
-    d = tmp_path_factory.mktemp("toy")
-    z, y, x = np.indices((12, 40, 40))
-    body = ((y - 20) / 14.0) ** 2 + ((x - 20) / 11.0) ** 2 < 1
-    ring = body & ~(((y - 20) / 11.0) ** 2 + ((x - 20) / 8.0) ** 2 < 1)
-    mr = np.where(body, 300.0, 0.0) + np.where(ring, -200.0, 0.0) + np.random.default_rng(0).normal(0, 5, body.shape)
-    ct = np.where(body, 40.0, -1000.0) + np.where(ring, 960.0, 0.0)
-    write_volume(Volume(mr.astype(np.float32), (2, 2, 3)), d / "mr.nii.gz")
-    write_volume(Volume(ct.astype(np.int16), (2, 2, 3)), d / "ct.nii.gz")
-    return str(d / "mr.nii.gz"), str(d / "ct.nii.gz")
 
 
 def _events(path):

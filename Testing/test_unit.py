@@ -25,22 +25,6 @@ def shared_names(net):
     return [n for n, _ in net.named_parameters() if n.startswith("shared.")]
 
 
-@pytest.fixture(scope="module")
-def toy_pair(tmp_path_factory):
-    """MR-like and CT-like ellipse volumes: 12 slices of 40×40 at 2 mm."""
-    from dicyc.volume import Volume, write_volume
-
-    d = tmp_path_factory.mktemp("unit_toy")
-    z, y, x = np.indices((12, 40, 40))
-    body = ((y - 20) / 14.0) ** 2 + ((x - 20) / 11.0) ** 2 < 1
-    ring = body & ~(((y - 20) / 11.0) ** 2 + ((x - 20) / 8.0) ** 2 < 1)
-    mr = np.where(body, 300.0, 0.0) + np.where(ring, -200.0, 0.0) + np.random.default_rng(0).normal(0, 5, body.shape)
-    ct = np.where(body, 40.0, -1000.0) + np.where(ring, 960.0, 0.0)
-    write_volume(Volume(mr.astype(np.float32), (2, 2, 2)), d / "mr.nii.gz")
-    write_volume(Volume(ct.astype(np.int16), (2, 2, 2)), d / "ct.nii.gz")
-    return str(d / "mr.nii.gz"), str(d / "ct.nii.gz")
-
-
 def unit_config(**extra):
     from dicyc.train import resolve_config
 
