@@ -82,28 +82,33 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(head_pair, tmp_path,
     assert card["domains"]["b"]["normalization"]["kind"] == "ct-window"
 
 
-def test_resume_is_exact(toy_pair, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["cyclegan", "unit"])  # unit: layers shared between networks
+def test_resume_is_exact(method, toy_pair, tmp_path, monkeypatch):
     """Interrupting after a checkpoint and resuming gives the same weights as one straight run."""
     from safetensors.torch import load_file
 
-    from dicyc.methods import CycleGAN
+    from dicyc.methods import get_method
     from dicyc.train import train
 
     mr, ct = toy_pair
-    config = _tiny_config(cache_dir=str(tmp_path / "cache"))
+    recipe = get_method(method)
+    config = _tiny_config(method=method, n_blocks=2 if method == "unit" else 1, cache_dir=str(tmp_path / "cache"))
     train(mr, ct, tmp_path / "straight", config, device="cpu")
 
-    original = CycleGAN.discriminator_step
+    original = recipe.discriminator_step
 
     def crash_at_4(self, nets, ctx):
         if ctx["iteration"] == 4:
             raise KeyboardInterrupt
         return original(self, nets, ctx)
 
-    monkeypatch.setattr(CycleGAN, "discriminator_step", crash_at_4)
+    monkeypatch.setattr(recipe, "discriminator_step", crash_at_4)
     with pytest.raises(KeyboardInterrupt):
         train(mr, ct, tmp_path / "interrupted", config, device="cpu")
-    monkeypatch.setattr(CycleGAN, "discriminator_step", original)
+    monkeypatch.setattr(recipe, "discriminator_step", original)
+    checkpoint = load_file(str(tmp_path / "interrupted" / "checkpoint.safetensors"))
+    for name in ("G_AB", "G_BA", "D_A", "D_B"):
+        assert any(k.startswith(f"net.{name}.") for k in checkpoint), name
     train(mr, ct, tmp_path / "interrupted", config, resume=True, device="cpu")
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(tmp_path / "interrupted" / "model.safetensors"))
