@@ -65,7 +65,7 @@ def _cmd_samples(args):
             print(f"{name:{width}s}  {description}")
         return 0
     paths = samples.prepare(args.names or None, cache_dir=args.dir, log=_log)
-    for name, path in paths.items():
+    for path in paths.values():
         print(path)
     return 0
 
