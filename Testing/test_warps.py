@@ -105,6 +105,42 @@ def test_offset_field_shares_one_field_across_channels():
     assert torch.allclose(y[..., :-1], x[..., 1:], atol=1e-6)  # both channels moved alike
 
 
+def test_offset_field_on_a_grid_is_smooth_and_bounded():
+    """``grid`` makes the field piecewise bilinear on a coarse lattice; ``max_displacement`` caps it."""
+    torch.manual_seed(5)
+    free = OffsetField(3)
+    smooth = OffsetField(3, grid=4, max_displacement=0.25)
+    for layer in (free, smooth):  # the same large random last layer for both
+        torch.manual_seed(6)
+        torch.nn.init.normal_(layer.body[-1].weight, std=3.0)
+        torch.nn.init.normal_(layer.body[-1].bias, std=3.0)
+        layer.body[0].load_state_dict(free.body[0].state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        rough, fine = free.field(x), smooth.field(x)
+
+    def roughness(f):
+        return float((f[..., 1:, :] - f[..., :-1, :]).abs().mean() + (f[..., 1:] - f[..., :-1]).abs().mean())
+
+    assert roughness(fine) < 0.25 * roughness(rough)
+    assert float(fine.abs().max()) < 0.25 * 32 / 2 and float(rough.abs().max()) > 0.25 * 32 / 2
+    # a map no larger than the grid is left as predicted (only bounded)
+    small = torch.randn(1, 3, 4, 4)
+    bound = 0.25 * 4 / 2
+    with torch.no_grad():
+        assert torch.allclose(smooth.field(small), bound * torch.tanh(smooth.body(small) / bound))
+
+
+def test_offset_field_options_keep_the_identity_start_and_refuse_nonsense():
+    layer = OffsetField(2, grid=8, max_displacement=0.1)
+    x = torch.randn(1, 2, 16, 16)
+    assert torch.allclose(layer(x), x, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="grid"):
+        OffsetField(2, grid=0)
+    with pytest.raises(ValueError, match="max_displacement"):
+        OffsetField(2, max_displacement=0.0)
+
+
 # --- thin-plate spline -----------------------------------------------------------------
 
 

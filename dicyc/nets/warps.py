@@ -114,13 +114,31 @@ class OffsetField(nn.Module):
     anatomical deformation needs. The field is predicted from the map by a 3x3
     convolution (optionally ``hidden`` channels, ReLU, then 3x3) whose last layer is
     zero-initialised, so the warp starts as the identity. Units: pixels of this map.
+
+    Two optional constraints keep the field a *deformation* rather than a second way of
+    changing appearance (found on the quality benchmark: a free per-pixel field lets the
+    deformed pass fool the discriminator with shredded anatomy while the undeformed pass,
+    which no discriminator judges, stays flat and low-contrast):
+
+    - ``grid``: the field is averaged over a ``grid`` x ``grid`` lattice of cells covering
+      the map and interpolated back bilinearly, so it is smooth on the scale of a cell
+      whatever the map's resolution (the scanner deformations it must absorb are smooth);
+    - ``max_displacement``: each component is bounded by ``max_displacement`` in normalised
+      units (1 = half the map's side, as for :class:`TPSTransformer`) through a scaled
+      ``tanh``, whose slope at zero is 1, so early training is unchanged.
     """
 
-    def __init__(self, channels, hidden=None):
+    def __init__(self, channels, hidden=None, grid=None, max_displacement=None):
         super().__init__()
         if channels < 1 or (hidden is not None and hidden < 1):
             raise ValueError("channels and hidden must be >= 1")
+        if grid is not None and int(grid) < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
+        if max_displacement is not None and not max_displacement > 0:
+            raise ValueError(f"max_displacement must be > 0, got {max_displacement}")
         self.channels, self.hidden = channels, hidden
+        self.grid = None if grid is None else int(grid)
+        self.max_displacement = None if max_displacement is None else float(max_displacement)
         if hidden:
             self.body = nn.Sequential(
                 nn.Conv2d(channels, hidden, kernel_size=3, padding=1),
@@ -141,7 +159,16 @@ class OffsetField(nn.Module):
 
     def field(self, features):
         """The (N, 2, H, W) displacement (dx, dy), in pixels, predicted from ``features``."""
-        return self.body(features)
+        field = self.body(features)
+        h, w = field.shape[-2:]
+        if self.grid is not None and (h > self.grid or w > self.grid):
+            coarse = F.adaptive_avg_pool2d(field, (min(self.grid, h), min(self.grid, w)))
+            field = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+        if self.max_displacement is not None:
+            # per component: dx bounded by max_displacement * W / 2 pixels, dy by * H / 2
+            bound = field.new_tensor([w, h]).view(1, 2, 1, 1) * (self.max_displacement / 2.0)
+            field = bound * torch.tanh(field / bound)
+        return field
 
     def forward(self, features):
         field = self.field(features)
@@ -318,14 +345,15 @@ class Deformation(nn.Module):
     """
 
     def __init__(self, warp_points, offsets=True, tps=True, grid_size=6, max_displacement=0.2,
-                 offset_hidden=None, tps_hidden=None):
+                 offset_hidden=None, tps_hidden=None, offset_grid=None, offset_max_displacement=None):
         super().__init__()
         warp_points = list(getattr(warp_points, "warp_points", warp_points))
         self.offsets = nn.ModuleDict()
         if offsets:
             for name, channels, _stride in warp_points:
                 if _is_offset_stage(name):
-                    self.offsets[name] = OffsetField(channels, hidden=offset_hidden)
+                    self.offsets[name] = OffsetField(channels, hidden=offset_hidden, grid=offset_grid,
+                                                     max_displacement=offset_max_displacement)
         self.tps = None
         if tps:
             latent = [channels for name, channels, _ in warp_points if name == "latent"]
