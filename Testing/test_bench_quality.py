@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,9 @@ def test_quality_protocol_structure_and_scores(tmp_path):
     assert result["config"]["iterations"] == 2 and "machine" in result
     json.dumps(result)  # JSON-ready
     assert "PD->T2" in quality.summary(result)
+    for setting in ("deformed", "undeformed"):  # one figure per setting, a real PNG
+        figure = Path(result["figures"][setting])
+        assert figure.parent == tmp_path / "figures" and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_quality_score_is_zscored_in_the_mask():
@@ -71,3 +75,24 @@ def test_head_alignment_scores_on_constructed_volumes():
     rest[:, 44, 8:40] = 300.0  # a thin, dense arc behind the head: hallucinated head-rest
     scores = alignment_and_realism(ct.with_array(rest), mr, ct)
     assert scores["headrest_ml"] == pytest.approx(8 * 32 * 8 / 1000.0)
+
+
+def test_benchmark_runs_are_reused_only_for_the_same_configuration(toy_pair, tmp_path):
+    """A finished run is reused by an identical rerun; changed options train in a new folder."""
+    from dicyc.bench import train_or_reuse
+    from dicyc.train import resolve_config
+
+    mr, ct = toy_pair
+
+    def config(**extra):
+        return resolve_config(None, {"method": "cyclegan", "ngf": 4, "n_blocks": 1, "ndf": 4, "slice_size": 32,
+                                     "spacing": [2.0, 2.0], "iterations": 2, "checkpoint_every": 2,
+                                     "cache_dir": str(tmp_path / "cache"), **extra})
+
+    logs = []
+    first, seconds = train_or_reuse(tmp_path / "runs", config(), mr, ct, "cpu", logs.append)
+    assert seconds is not None and first.exists()
+    again, seconds = train_or_reuse(tmp_path / "runs", config(), mr, ct, "cpu", logs.append)
+    assert again == first and seconds is None and "reused" in logs[-1]
+    other, seconds = train_or_reuse(tmp_path / "runs", config(lambda_cycle=5.0), mr, ct, "cpu", logs.append)
+    assert other.parent != first.parent and seconds is not None

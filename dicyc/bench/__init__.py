@@ -46,3 +46,49 @@ def machine_info():
     except OSError:
         pass
     return info
+
+
+def train_or_reuse(runs_dir, config, a, b, device, log):
+    """Train ``config`` on domains ``a``/``b`` under ``runs_dir``, or reuse an identical finished run.
+
+    The run folder is named after the method and a digest of the resolved training configuration
+    and the input lists, so a benchmark rerun after a change of defaults (or of data) trains
+    afresh instead of scoring a stale model, while an unchanged rerun costs nothing. An
+    interrupted run in that folder is resumed from its last checkpoint. Returns
+    ``(model_path, training_seconds)``; the seconds are None for a reused model.
+    """
+    import hashlib
+    import json
+    import time
+    from pathlib import Path
+
+    from dicyc import __version__
+    from dicyc.train import train
+
+    def describe(spec):
+        path = Path(spec)
+        return path.read_text() if path.suffix == ".txt" and path.is_file() else str(path)
+
+    key = json.dumps({"config": config, "a": describe(a), "b": describe(b), "version": __version__}, sort_keys=True)
+    run_dir = Path(runs_dir) / f"{config['method']}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    if _finished(run_dir):
+        log(f"{run_dir}: a finished run with this configuration found, reused")
+        return run_dir / "model.safetensors", None
+    t0 = time.monotonic()
+    log(f"training {config['method']} ({config['iterations']} iterations) → {run_dir}")
+    path = train(a, b, run_dir, config, resume=True, device=device, log=log)
+    return path, time.monotonic() - t0
+
+
+def _finished(run_dir):
+    """True when the run's event log ends with its "done" event."""
+    import json
+
+    events = run_dir / "events.jsonl"
+    if not (run_dir / "model.safetensors").exists() or not events.exists():
+        return False
+    lines = events.read_text().strip().splitlines()
+    try:
+        return bool(lines) and json.loads(lines[-1]).get("event") == "done"
+    except ValueError:
+        return False

@@ -77,11 +77,11 @@ def alignment_and_realism(synthetic, source_mr, real_ct):
 
 
 def run(args, log, settings=None):
-    from dicyc.bench import machine_info
+    from dicyc.bench import machine_info, train_or_reuse
     from dicyc.modelfile import load_model
     from dicyc.samples import default_cache_dir, prepare
     from dicyc.synthesize import synthesize_volume
-    from dicyc.train import resolve_config, train
+    from dicyc.train import resolve_config
     from dicyc.views import compare_volumes
     from dicyc.volume import read_volume, write_volume
 
@@ -94,26 +94,22 @@ def run(args, log, settings=None):
     mr, ct = read_volume(paths["head-mr"]), read_volume(paths["head-ct"])
     results = []
     for method in methods:
-        run_dir = root / "runs" / method
-        model_path = run_dir / "model.safetensors"
-        seconds = None
-        if not model_path.exists():
-            config = resolve_config(None, {
-                "method": method, "modality_a": "MR", "modality_b": "CT", "name_a": "Colin27 T1",
-                "name_b": "InVesalius CT", "spacing": [s["spacing"]] * 2, "slice_size": s["slice_size"], "ngf": s["ngf"],
-                "n_blocks": s["n_blocks"], "ndf": s["ndf"], "iterations": s["iterations"], "batch_size": s["batch_size"],
-                "checkpoint_every": max(s["iterations"] // 4, 1), "epoch_length": max(s["iterations"] // 4, 1), "seed": 0,
-            })
-            t0 = time.monotonic()
-            log(f"training {method} on head MR/CT ({s['iterations']} iterations)")
-            train(str(paths["head-mr"]), str(paths["head-ct"]), run_dir, config, device=args.device, log=log)
-            seconds = time.monotonic() - t0
-        synthetic = synthesize_volume(load_model(model_path), mr, direction="a2b", precision="fp32", device=args.device)
+        config = resolve_config(None, {
+            "method": method, "modality_a": "MR", "modality_b": "CT", "name_a": "Colin27 T1",
+            "name_b": "InVesalius CT", "spacing": [s["spacing"]] * 2, "slice_size": s["slice_size"], "ngf": s["ngf"],
+            "n_blocks": s["n_blocks"], "ndf": s["ndf"], "iterations": s["iterations"], "batch_size": s["batch_size"],
+            "checkpoint_every": max(s["iterations"] // 4, 1), "epoch_length": max(s["iterations"] // 4, 1), "seed": 0,
+        })
+        model_path, seconds = train_or_reuse(root / "runs", config, str(paths["head-mr"]), str(paths["head-ct"]),
+                                             args.device, log)
+        # unmasked: the head-rest score needs to see what the generator puts outside the head
+        synthetic = synthesize_volume(load_model(model_path), mr, direction="a2b", precision="fp32", device=args.device,
+                                      mask_background=False)
         write_volume(synthetic, root / f"synthetic-ct-{method}.nii.gz")
         scores = alignment_and_realism(synthetic, mr, ct)
         compare_volumes(synthetic, mr, root / f"report-{method}", tiles=8, error_units="window",
                         a_name=f"synthetic CT ({method})", b_name="source MR (Colin27 T1)")
-        results.append({"method": method, "training_seconds": seconds, **scores})
+        results.append({"method": method, "training_seconds": seconds, "run": str(model_path.parent), **scores})
         log(f"{method}: head Dice {scores['dice_head']:.3f}, NMI(source) {scores['nmi_source']:.3f}, "
             f"head-rest {scores['headrest_ml']:.1f} ml, HU W1 {scores['hu_wasserstein']:.1f}")
     return {"results": results, "config": {"mode": mode, "methods": methods, **s, "root": str(root)},

@@ -83,13 +83,10 @@ def _write_list(path, paths):
     return str(path)
 
 
-def _train(method, a_list, b_list, out_dir, s, device, log):
-    from dicyc.train import resolve_config, train
+def _train(method, a_list, b_list, runs_dir, s, device, log):
+    from dicyc.bench import train_or_reuse
+    from dicyc.train import resolve_config
 
-    model = Path(out_dir) / "model.safetensors"
-    if model.exists():
-        log(f"{out_dir}: trained model found, reused")
-        return model, None
     config = resolve_config(None, {
         "method": method, "modality_a": "PD", "modality_b": "T2", "spacing": [s["spacing"]] * 2,
         "slice_size": s["slice_size"], "ngf": s["ngf"], "n_blocks": max(s["n_blocks"], 2) if method == "unit" else s["n_blocks"],
@@ -97,10 +94,49 @@ def _train(method, a_list, b_list, out_dir, s, device, log):
         "checkpoint_every": max(s["iterations"] // 4, 1), "epoch_length": max(s["iterations"] // 4, 1), "seed": 0,
         **({"extractor_steps": 100} if method == "cycle-medgan" else {}),
     })
-    t0 = time.monotonic()
-    log(f"training {method} ({s['iterations']} iterations) → {out_dir}")
-    path = train(a_list, b_list, out_dir, config, device=device, log=log)
-    return path, time.monotonic() - t0
+    return train_or_reuse(runs_dir, config, a_list, b_list, device, log)
+
+
+def write_figure(path, setting, examples, methods):
+    """One PNG per setting: for each direction, the source, the reference, and each method's
+    synthesis with its error image (z-scored, brain mask), middle axial slice of one test subject."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dicyc.atomic import atomic_path
+
+    directions = [d for d in ("pd2t2", "t22pd") if (d, methods[0]) in examples]
+    cols = 2 + 2 * len(methods)
+    fig, axes = plt.subplots(len(directions), cols, figsize=(2.0 * cols, 2.2 * len(directions)), squeeze=False)
+    for row, direction in enumerate(directions):
+        src, ref, mask = examples[(direction, "_inputs")]
+        label = "PD→T2" if direction == "pd2t2" else "T2→PD"
+        panels = [(src, f"{label}: source", "gray"), (ref, "reference", "gray")]
+        for method in methods:
+            out, ssim = examples[(direction, method)]
+            panels.append((out, f"{method} (SSIM {ssim:.3f})", "gray"))
+            panels.append((np.abs(out - ref) * mask, f"{method} |error|", "magma"))
+        for col, (image, title, cmap) in enumerate(panels):
+            ax = axes[row, col]
+            vmin, vmax = (0.0, 3.0) if cmap == "magma" else (-2.5, 2.5)
+            ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"{setting} setting: z-scored intensities, middle axial slice, first test subject", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return str(path)
+
+
+def _middle_slice(volume, mask):
+    """Z-scored middle axial slice of ``volume`` (axial = the first numpy axis of the phantom)."""
+    z = volume.shape[0] // 2
+    return _zscore(np.asarray(volume.array, dtype=np.float64), mask)[z]
 
 
 def run(args, log, settings=None):
@@ -128,13 +164,15 @@ def run(args, log, settings=None):
         "t2": _write_list(root / "lists" / "train_t2.txt", [x["t2"] for x in train_s]),
         "t2_def": _write_list(root / "lists" / "train_t2_def.txt", [x["t2_def"] for x in train_s]),
     }
-    results, per_case, timings = [], {}, {}
+    results, per_case, timings, figures, runs = [], {}, {}, {}, {}
     settings_run = tuple(s.get("settings", ("deformed", "undeformed")))
     for setting in settings_run:
+        examples = {}
         for method in methods:
             b_list = lists["t2_def"] if setting == "deformed" else lists["t2"]
-            model_path, seconds = _train(method, lists["pd"], b_list, root / "runs" / setting / method, s, args.device, log)
+            model_path, seconds = _train(method, lists["pd"], b_list, root / "runs" / setting, s, args.device, log)
             timings[f"{setting}/{method}"] = seconds
+            runs[f"{setting}/{method}"] = str(Path(model_path).parent)
             model = load_model(model_path)
             for direction in ("pd2t2", "t22pd"):
                 cases = []
@@ -149,7 +187,13 @@ def run(args, log, settings=None):
                         mask = x["mask_def"] if deformed else x["mask"]
                         synth_dir = "b2a"
                     out = synthesize_volume(model, read_volume(src), direction=synth_dir, precision="fp32", device=args.device)
-                    cases.append(score(out, read_volume(ref), read_volume(mask).array > 0))
+                    ref_vol, mask_arr = read_volume(ref), read_volume(mask).array > 0
+                    cases.append(score(out, ref_vol, mask_arr))
+                    if x is test_s[0]:  # one subject's middle slice for the figure
+                        z = mask_arr.shape[0] // 2
+                        examples[(direction, "_inputs")] = (
+                            _middle_slice(read_volume(src), mask_arr), _middle_slice(ref_vol, mask_arr), mask_arr[z])
+                        examples[(direction, method)] = (_middle_slice(out, mask_arr), cases[-1]["ssim"])
                 per_case[(setting, method, direction)] = cases
                 row = {"method": method, "direction": "PD->T2" if direction == "pd2t2" else "T2->PD",
                        "deformed": setting == "deformed", "n": len(cases)}
@@ -159,6 +203,9 @@ def run(args, log, settings=None):
                 results.append(row)
                 log(f"{setting:10s} {method:14s} {row['direction']}: MSE {row['mse']:.3f} PSNR {row['psnr']:.2f} "
                     f"SSIM {row['ssim']:.3f}")
+        if examples:
+            figures[setting] = write_figure(root / "figures" / f"quality-{setting}.png", setting, examples, methods)
+            log(f"figure: {figures[setting]}")
     tests = []
     if "dicyc" in methods and len(methods) > 1 and len(test_s) >= 2:  # a paired t-test needs two cases
         for setting in settings_run:
@@ -173,7 +220,9 @@ def run(args, log, settings=None):
     return {
         "results": results,
         "tests": tests,
-        "config": {"mode": mode, "methods": methods, **s, "training_seconds": timings, "root": str(root)},
+        "config": {"mode": mode, "methods": methods, **s, "training_seconds": timings, "runs": runs,
+                   "root": str(root)},
+        "figures": figures,
         "machine": machine_info(),
         "wall_s": round(time.monotonic() - started, 1),
     }
