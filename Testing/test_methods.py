@@ -144,7 +144,8 @@ def test_dicyclegan_has_no_tps_and_trains_jointly():
 def test_mind_cyclegan_uses_position_based_slices_and_lambda_5():
     cfg = _config("mind-cyclegan", None)
     assert cfg["sampling"] == "position" and cfg["lambda_align"] == 5.0
-    assert _config("dicyc", None)["lambda_align"] == pytest.approx(0.9)
+    assert _config("nmi-cyclegan", None)["lambda_align"] == pytest.approx(0.9)
+    assert _config("dicyc", None)["lambda_align"] == pytest.approx(2.0)
     assert _config("dicyc", None)["lambda_dicyc"] == 10.0 and _config("dicyc", None)["lambda_cycle"] == 10.0
 
 
@@ -153,6 +154,29 @@ def test_method_options_are_refused_for_methods_without_them():
 
     with pytest.raises(DicycError, match="unknown training option"):
         _config("cyclegan", None, lambda_dicyc=3.0)
+
+
+def test_dicyc_offset_options_are_checked():
+    from dicyc.errors import DicycError
+    from dicyc.methods import get_method
+
+    cfg = _config("dicyc", None, offset_stages=["stem", "block9"])
+    with pytest.raises(DicycError, match="offset_stages .* choose from stem, down1, down2, block0"):
+        get_method("dicyc")(cfg)
+    with pytest.raises(DicycError, match="lambda_adv_undeformed must be a number"):
+        _config("dicyc", None, lambda_adv_undeformed="lots")
+    assert _config("dicyc", None, offset_grid="4")["offset_grid"] == 4
+
+
+def test_dicyc_m_step_judges_both_passes_unless_switched_off():
+    """The adversarial loss reaches the undeformed (synthesis) outputs with weight lambda_adv_undeformed."""
+    recipe, nets, ctx = _recipe_and_nets()
+    assert recipe.config["lambda_adv_undeformed"] == 1.0
+    _, logged = recipe.generator_step(nets, ctx)
+    assert logged["adv_und"] > 0
+    recipe.config["lambda_adv_undeformed"] = 0.0
+    _, logged = recipe.generator_step(nets, dict(real_a=ctx["real_a"], real_b=ctx["real_b"]))
+    assert "adv_und" not in logged
 
 
 def test_default_method_is_dicyc():

@@ -68,7 +68,7 @@ DEFAULT_CONFIG = {
 
 #: keys that fix the networks or the data space: a resumed run cannot change them.
 FROZEN_ON_RESUME = ("method", "ngf", "n_blocks", "ndf", "upsample", "slice_size", "spacing", "modality_a", "modality_b",
-                    "shared_blocks", "tps_grid")
+                    "shared_blocks", "tps_grid", "offset_grid")
 
 _INT_KEYS = ("slice_size", "position_offset", "ngf", "n_blocks", "ndf", "batch_size", "pool_size", "max_epochs",
              "patience_constant", "patience_decay", "decay_epochs", "checkpoint_every", "log_every", "seed")
@@ -111,6 +111,13 @@ def resolve_config(file_config=None, overrides=None):
             )
         config.update(source)
     config["method"] = method
+    for key, default in get_method(method).defaults.items():  # method options take their default's type
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and config[key] is not None:
+            kind = "an integer" if isinstance(default, int) else "a number"
+            try:
+                config[key] = type(default)(config[key])
+            except (TypeError, ValueError):
+                raise DicycError(f"training option {key} must be {kind}; got {config[key]!r}.") from None
     return validate_config(config)
 
 
