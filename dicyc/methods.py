@@ -202,7 +202,7 @@ class DiCyc(AlignedCycleGAN):
     Synthesis uses the undeformed pass only: the model file holds the generators alone and
     costs what a CycleGAN costs.
 
-    Two choices of ours, both found on the quality benchmark (README, *Benchmarks*). With
+    Choices of ours, all found on the quality benchmark (README, *Benchmarks*). With
     free per-pixel offsets and the adversarial loss on the deformed pass alone, the generator
     learns two modes: a deformed pass that fools the discriminator with shredded anatomy, and
     an undeformed pass -- the one synthesis uses -- that nothing asks to look real, which came
@@ -214,10 +214,12 @@ class DiCyc(AlignedCycleGAN):
     undeformed pass now feels the discriminator, the alignment weight is 2 rather than the
     0.9 of the NMI baseline. The bounds are tight (offsets 0.05 and TPS 0.1 of half a map's
     side, about 15 % of the slice in all): looser ones let the deformed pass shred anatomy.
-    Each choice was measured on ``dicyc bench quality --quick``'s deformed setting (SSIM
-    PD→T2 / T2→PD, seed 0): free offsets, deformed pass judged alone 0.244 / 0.427; smooth
-    offsets 0.273 / 0.432; + adversarial loss on the undeformed pass 0.336 / 0.418;
-    + λ_align 2 0.381 / 0.414; + tight bounds 0.392 / 0.440 (seed 1: 0.363 / 0.421).
+    Each step was measured on the deformed setting of ``dicyc bench quality --quick`` (SSIM
+    PD→T2 / T2→PD, seed 0; CycleGAN 0.319 / 0.300): free offsets, deformed pass judged alone
+    0.244 / 0.427 (the benchmark's first run); then, in single training runs of that size,
+    smooth offsets 0.273 / 0.432; + adversarial loss on the undeformed pass 0.336 / 0.418;
+    + λ_align 2 0.381 / 0.414; + tight bounds 0.392 / 0.440 (seed 1: 0.363 / 0.421). The
+    benchmark's own rerun with these defaults gave 0.390 / 0.424.
     """
 
     name = "dicyc"
