@@ -48,6 +48,24 @@ def machine_info():
     return info
 
 
+def training_config(method, settings, **fields):
+    """The resolved training configuration of one benchmark run from its protocol ``settings``.
+
+    Network sizes, slice grid, budget and seed come from ``settings`` (a benchmark's SETTINGS
+    entry); ``fields`` adds what differs per benchmark (modalities, names, method options).
+    Four checkpoints per run, and an "epoch" of a quarter of the budget for the loss curve.
+    """
+    from dicyc.train import resolve_config
+
+    s = settings
+    quarter = max(s["iterations"] // 4, 1)
+    return resolve_config(None, {
+        "method": method, "spacing": [s["spacing"]] * 2, "slice_size": s["slice_size"], "ngf": s["ngf"],
+        "n_blocks": s["n_blocks"], "ndf": s["ndf"], "iterations": s["iterations"], "batch_size": s["batch_size"],
+        "checkpoint_every": quarter, "epoch_length": quarter, "seed": 0, **fields,
+    })
+
+
 def train_or_reuse(runs_dir, config, a, b, device, log):
     """Train ``config`` on domains ``a``/``b`` under ``runs_dir``, or reuse an identical finished run.
 

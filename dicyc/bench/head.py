@@ -77,11 +77,10 @@ def alignment_and_realism(synthetic, source_mr, real_ct):
 
 
 def run(args, log, settings=None):
-    from dicyc.bench import machine_info, train_or_reuse
+    from dicyc.bench import machine_info, train_or_reuse, training_config
     from dicyc.modelfile import load_model
     from dicyc.samples import default_cache_dir, prepare
     from dicyc.synthesize import synthesize_volume
-    from dicyc.train import resolve_config
     from dicyc.views import compare_volumes
     from dicyc.volume import read_volume, write_volume
 
@@ -94,12 +93,8 @@ def run(args, log, settings=None):
     mr, ct = read_volume(paths["head-mr"]), read_volume(paths["head-ct"])
     results = []
     for method in methods:
-        config = resolve_config(None, {
-            "method": method, "modality_a": "MR", "modality_b": "CT", "name_a": "Colin27 T1",
-            "name_b": "InVesalius CT", "spacing": [s["spacing"]] * 2, "slice_size": s["slice_size"], "ngf": s["ngf"],
-            "n_blocks": s["n_blocks"], "ndf": s["ndf"], "iterations": s["iterations"], "batch_size": s["batch_size"],
-            "checkpoint_every": max(s["iterations"] // 4, 1), "epoch_length": max(s["iterations"] // 4, 1), "seed": 0,
-        })
+        config = training_config(method, s, modality_a="MR", modality_b="CT", name_a="Colin27 T1",
+                                 name_b="InVesalius CT")
         model_path, seconds = train_or_reuse(root / "runs", config, str(paths["head-mr"]), str(paths["head-ct"]),
                                              args.device, log)
         # unmasked: the head-rest score needs to see what the generator puts outside the head

@@ -84,16 +84,12 @@ def _write_list(path, paths):
 
 
 def _train(method, a_list, b_list, runs_dir, s, device, log):
-    from dicyc.bench import train_or_reuse
-    from dicyc.train import resolve_config
+    from dicyc.bench import train_or_reuse, training_config
 
-    config = resolve_config(None, {
-        "method": method, "modality_a": "PD", "modality_b": "T2", "spacing": [s["spacing"]] * 2,
-        "slice_size": s["slice_size"], "ngf": s["ngf"], "n_blocks": max(s["n_blocks"], 2) if method == "unit" else s["n_blocks"],
-        "ndf": s["ndf"], "iterations": s["iterations"], "batch_size": s["batch_size"],
-        "checkpoint_every": max(s["iterations"] // 4, 1), "epoch_length": max(s["iterations"] // 4, 1), "seed": 0,
-        **({"extractor_steps": 100} if method == "cycle-medgan" else {}),
-    })
+    extra = {"n_blocks": max(s["n_blocks"], 2)} if method == "unit" else {}
+    if method == "cycle-medgan":
+        extra["extractor_steps"] = 100
+    config = training_config(method, s, modality_a="PD", modality_b="T2", **extra)
     return train_or_reuse(runs_dir, config, a_list, b_list, device, log)
 
 
