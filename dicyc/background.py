@@ -68,7 +68,7 @@ def child_environment(env=None):
 
 # ===================================================================== process tree helpers
 def _proc_stat(pid):
-    """(state, pgrp) of a Linux process from /proc, or None when it is gone or unreadable."""
+    """(state, ppid, pgrp) of a Linux process from /proc, or None when it is gone or unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read().decode("ascii", "replace")
@@ -76,7 +76,7 @@ def _proc_stat(pid):
         return None
     fields = data[data.rfind(")") + 2 :].split()
     try:
-        return fields[0], int(fields[2])
+        return fields[0], int(fields[1]), int(fields[2])
     except (IndexError, ValueError):
         return None
 
@@ -119,7 +119,7 @@ def _group_members(pgid):
         if not name.isdigit():
             continue
         stat = _proc_stat(int(name))
-        if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+        if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X"):
             members.append(int(name))
     return members
 
@@ -138,25 +138,20 @@ def _group_alive(pgid):
 
 
 def _descendants(pid):
-    """Pids of all descendants of ``pid`` (Linux /proc; empty elsewhere), to catch any that
-    left the process group with a session of their own."""
+    """``{pid: process group}`` of all descendants of ``pid`` (Linux /proc; empty elsewhere),
+    to catch any that left the process group with a session of their own."""
     if not os.path.isdir("/proc/self"):
-        return []
-    children = collections.defaultdict(list)
+        return {}
+    children, groups = collections.defaultdict(list), {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                data = fh.read().decode("ascii", "replace")
-            ppid = int(data[data.rfind(")") + 2 :].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children[ppid].append(int(name))
-    found, todo = [], [pid]
+        stat = _proc_stat(name) if name.isdigit() else None
+        if stat is not None:
+            children[stat[1]].append(int(name))
+            groups[int(name)] = stat[2]
+    found, todo = {}, [pid]
     while todo:
         for child in children.get(todo.pop(), ()):
-            found.append(child)
+            found[child] = groups[child]
             todo.append(child)
     return found
 
@@ -402,7 +397,7 @@ class BackgroundProcess:
 
     def _cancel_posix(self, timeout):
         pgid = self._pgid
-        strays = [p for p in _descendants(self._proc.pid) if _proc_stat(p) and _proc_stat(p)[1] != pgid]
+        strays = [p for p, group in _descendants(self._proc.pid).items() if group != pgid]
 
         def send(sig):
             try:
