@@ -130,8 +130,7 @@ def volume_from_node(node, copy=True, world=False):
             raise DicycError(f"volume {node.GetName()} is under a non-linear transform; harden the transform first.")
         to_world = vtk.vtkMatrix4x4()
         parent.GetMatrixTransformToWorld(to_world)
-        matrix = np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
-        volume = Volume.from_ijk_to_ras(volume.array, matrix @ volume.ijk_to_ras())
+        volume = Volume.from_ijk_to_ras(volume.array, _matrix_to_numpy(to_world) @ volume.ijk_to_ras())
     return volume
 
 
@@ -502,6 +501,7 @@ class SynthesisLogic:
         if self.process is None:
             return {"running": False, "fraction": 0.0, "eta_s": None, "message": "", "events": [], "returncode": None,
                     "error": None}
+        running = self.process.running  # checked first: the poll after exit gets everything
         events = self.process.poll()
         for event in events:
             kind = event.get("event")
@@ -519,8 +519,7 @@ class SynthesisLogic:
                 self.last_message = "started"
             elif kind == "log":
                 self.log.append(event.get("message", ""))
-                self.log = self.log[-200:]
-        running = self.process.running
+                del self.log[:-200]
         code = self.process.returncode
         return {
             "running": running,
@@ -550,7 +549,7 @@ class SynthesisLogic:
             raise DicycError("no synthesis was started.")
         if self.process.running:
             raise DicycError("the synthesis is still running.")
-        self.process.poll()
+        self.poll()  # the last events and log lines
         input_node = scene.GetNodeByID(self.input_node_id) if self.input_node_id else None
         if self.process.returncode != 0:
             message = self.user_message(self.process.error_message() or f"exit status {self.process.returncode}",
