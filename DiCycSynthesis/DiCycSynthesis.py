@@ -28,10 +28,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import DiCycDependencies
-from DiCycDependencies import pythonSlicerExecutable
-
-#: Application setting through which DiCyc Training hands a freshly trained model over.
-MODEL_PATH_SETTING = "DiCyc/ModelPath"
+from DiCycDependencies import MODEL_PATH_SETTING, pythonSlicerExecutable
 POLL_INTERVAL_MS = 200
 MODEL_FILE_ITEM = "Model file…"
 

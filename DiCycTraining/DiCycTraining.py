@@ -24,10 +24,7 @@ from slicer.ScriptedLoadableModule import (
 )
 
 import DiCycDependencies
-from DiCycDependencies import pythonSlicerExecutable
-
-#: application setting through which a trained model is handed to DiCyc Synthesis
-MODEL_PATH_SETTING = "DiCyc/ModelPath"
+from DiCycDependencies import MODEL_PATH_SETTING, pythonSlicerExecutable
 POLL_INTERVAL_MS = 500
 
 

@@ -23,6 +23,9 @@ REQUIREMENTS = {
     "matplotlib": "matplotlib>=3.5",
 }
 #: what each kind of work needs (torch is added where ``needTorch``)
+#: application setting through which DiCyc Training hands a freshly trained model to Synthesis
+MODEL_PATH_SETTING = "DiCyc/ModelPath"
+
 SYNTHESIS = ("scipy", "nibabel", "safetensors")
 COMPARISON = ("scipy", "nibabel")
 TRAINING = ("scipy", "nibabel", "safetensors", "matplotlib")

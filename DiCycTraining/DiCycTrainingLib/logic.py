@@ -64,6 +64,16 @@ def _is_volume_node(item):
 
 
 # ===================================================================== run state
+def _loss_names(history):
+    """Loss names of ``history`` rows (``{"iteration", "losses"}``) in the order they first appear."""
+    names = []
+    for row in history:
+        for name in row["losses"]:
+            if name not in names:
+                names.append(name)
+    return names
+
+
 class TrainingState:
     """What is known about a training run, updated from its events.
 
@@ -125,12 +135,7 @@ class TrainingState:
     @property
     def loss_names(self):
         """Loss names in the order they first appear."""
-        names = []
-        for row in self.history:
-            for name in row["losses"]:
-                if name not in names:
-                    names.append(name)
-        return names
+        return _loss_names(self.history)
 
     def eta_text(self):
         """'ETA 02:13' while running, '' otherwise."""
@@ -532,11 +537,7 @@ class TrainingLogic:
         if table is None:
             table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
             table.SetAttribute(NODE_ATTRIBUTE, "table")
-        names = []
-        for row in history:
-            for loss in row["losses"]:
-                if loss not in names:
-                    names.append(loss)
+        names = _loss_names(history)
         vtable = vtk.vtkTable()
         columns = []
         for column_name in ["iteration"] + names:
