@@ -54,9 +54,10 @@ def score(pred, ref, mask):
 def _deformed_cohort(cohort_dir, data_dir, deformation_px, seed, log):
     """Per subject: T2 and PD (and mask) deformed with that subject's scanner field."""
     from dicyc.deform import ScannerDeformation, deform_volume
+    from dicyc.phantom import load_cohort
     from dicyc.volume import read_volume, write_volume
 
-    cohort = json.loads((Path(cohort_dir) / "cohort.json").read_text())
+    cohort = load_cohort(cohort_dir)
     scanner = ScannerDeformation(seed=seed, magnitude_px=deformation_px)
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)

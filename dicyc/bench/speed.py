@@ -81,8 +81,7 @@ SETTINGS = {
     },
 }
 #: the loader is compared with CycleGAN at this size (the quick training size), in every mode
-LOADER_TRAINING = {"ngf": 16, "n_blocks": 3, "ndf": 16, "size": 64, "batch": 1, "iterations": 5, "warmup": 1,
-                   "settle": 1}
+LOADER_TRAINING = SETTINGS["quick"]["training"]
 #: the paper's DiCyc time relative to CycleGAN (Wang et al., Information Fusion 2021)
 PAPER_DICYC_RELATIVE_TIME = 1.75
 
@@ -430,6 +429,7 @@ def measure_memory(shape=(300, 512, 512), spacing=(0.8, 0.8, 0.8), ngf=4, n_bloc
     """
     import torch
 
+    from dicyc.background import child_environment
     from dicyc.device import resolve_device
 
     params = {"shape": list(shape), "spacing": list(spacing), "ngf": int(ngf), "n_blocks": int(n_blocks),
@@ -437,11 +437,8 @@ def measure_memory(shape=(300, 512, 512), spacing=(0.8, 0.8, 0.8), ngf=4, n_bloc
               "threads": int(threads or torch.get_num_threads())}
     code = ("import json, sys\nfrom dicyc.bench.speed import _memory_child\n"
             "print('DICYC-MEMORY ' + json.dumps(_memory_child(json.loads(sys.argv[1]))))")
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(params)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=child_environment())
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("DICYC-MEMORY "):
             return json.loads(line[len("DICYC-MEMORY "):])
@@ -641,7 +638,7 @@ def _run(args, log, mode):
     mem = s["memory"]
     log(f"memory: synthesising a {'x'.join(map(str, mem['shape'][::-1]))} int16 volume in a subprocess")
     result["memory"] = measure_memory(device=dev, **mem)
-    if tuple(mem["shape"]) != (300, 512, 512):
+    if tuple(mem["shape"]) != tuple(SETTINGS["full"]["memory"]["shape"]):
         result["memory"]["note"] = f"{mode} setting: a smaller volume than the 512x512x300 of the protocol"
 
     tr = dict(s["training"])
