@@ -35,6 +35,9 @@ NMI_SIGMA_RATIO = 0.5
 
 _ENTROPY_EPS = 1e-10
 
+#: Floor of the Parzen kernel's log-weights (see :func:`_soft_assign`).
+_LOG_KERNEL_FLOOR = -20.0
+
 
 # ===================================================================== helpers
 def _fp32(*tensors):
@@ -67,7 +70,12 @@ def _soft_assign(values, centres, sigma):
     simply land in the nearest edge bin), so the histogram is finite for any input.
     """
     d = values.unsqueeze(-1) - centres  # (N, P, B)
-    return torch.softmax(-0.5 * (d / sigma) ** 2, dim=-1)
+    logits = -0.5 * (d / sigma) ** 2
+    # Floor each pixel's weights at e^-20 of its largest one (softmax is shift-invariant): the far
+    # tails of the kernel would otherwise be subnormal floats, which made the histogram products 4x
+    # slower on x86 CPUs. It changes NMI by ~1e-8.
+    logits = logits - logits.amax(dim=-1, keepdim=True)
+    return torch.softmax(logits.clamp_min(_LOG_KERNEL_FLOOR), dim=-1)
 
 
 def _entropy(p, dims):
