@@ -66,10 +66,10 @@ def test_dicyc_model_file_costs_what_a_cyclegan_costs(toy_pair, tmp_path):
     assert all(a[k].shape == b[k].shape for k in a)
 
 
-def _recipe_and_nets(method="dicyc"):
+def _recipe_and_nets(method="dicyc", **options):
     from dicyc.losses import ImagePool
 
-    cfg = _config(method, None)
+    cfg = _config(method, None, **options)
     recipe = get_method(method)(cfg)
     assert method not in ("cycle-medgan",)  # needs prepare() with data
     torch.manual_seed(0)
@@ -81,6 +81,15 @@ def _recipe_and_nets(method="dicyc"):
     return recipe, nets, ctx
 
 
+def _away_from_identity(nets):
+    """Give the offset fields and TPS transformers non-zero last layers, so G_T differs from G."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name in ("O_AB", "O_BA", "T_AB", "T_BA"):
+            for p in nets.get(name, torch.nn.Module()).parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+
+
 def _snapshot(nets, names):
     return {n: [p.detach().clone() for p in nets[n].parameters()] for n in names}
 
@@ -89,64 +98,172 @@ def _changed(before, nets):
     return {n: any(not torch.equal(p0, p1) for p0, p1 in zip(before[n], nets[n].parameters())) for n in before}
 
 
-def _run_step(recipe, nets, ctx, group, step):
-    from dicyc.train import _unique_parameters
+def _run_step(recipe, nets, ctx, groups, step):
+    """One step as the training loop runs it (one backward, each named optimiser steps)."""
+    from dicyc.train import run_iteration, step_groups, _unique_parameters
 
-    for name, net in nets.items():
-        net.requires_grad_(name in recipe.optimizer_groups()[group])
-    opt = torch.optim.Adam(_unique_parameters(nets, recipe.optimizer_groups()[group]), lr=1e-2)
-    opt.zero_grad()
-    loss, logged = step(nets, ctx)
-    assert torch.isfinite(loss)
-    loss.backward()
-    opt.step()
-    return logged
+    all_groups = recipe.optimizer_groups()
+    opts = {g: torch.optim.Adam(_unique_parameters(nets, all_groups[g]), lr=1e-2) for g in step_groups(groups)}
+    captured = {}
+
+    def wrapped(nets_, ctx_):
+        loss, logged = step(nets_, ctx_)
+        assert torch.isfinite(loss)
+        captured["loss"] = loss
+        return loss, logged
+
+    logged = run_iteration([(groups, wrapped)], nets, all_groups, opts, ctx, lr=1e-2)
+    return logged, captured["loss"]
 
 
-def test_dicyc_e_step_moves_only_the_global_transformers():
+def test_dicyc_defaults_are_the_papers():
+    """λ_cyc = λ_dicyc = 10 and λ_align = 0.9 (Wang et al. 2018, 2021); the departures are off."""
+    cfg = _config("dicyc", None)
+    assert cfg["lambda_align"] == pytest.approx(0.9)
+    assert cfg["lambda_dicyc"] == 10.0 and cfg["lambda_cycle"] == 10.0
+    assert cfg["dicyc_loss"] == "paper" and cfg["em"] == "joint"
+    assert cfg["lambda_adv_undeformed"] == 0.0 and cfg["offset_grid"] == 0 and cfg["offset_max_displacement"] == 0.0
+    assert cfg["constant_epochs"] == 100 and cfg["decay_epochs"] == 100 and cfg["patience_constant"] == 10
+
+
+def test_dicyc_joint_step_takes_e_and_m_from_one_backward():
     recipe, nets, ctx = _recipe_and_nets()
-    steps = dict(recipe.steps())
-    assert [s for s, _ in recipe.steps()] == ["T", "G", "D"]
+    steps = recipe.steps()
+    assert [s for s, _ in steps] == [("G", "T"), "D"]
     before = _snapshot(nets, list(nets))
-    _run_step(recipe, nets, ctx, "T", steps["T"])
+    logged, _ = _run_step(recipe, nets, ctx, *steps[0])
+    assert {"adv_ab", "adv_ba", "cycle", "dicyc", "align", "G"} <= set(logged) and "adv_und" not in logged
+    changed = _changed(before, nets)
+    assert all(changed[n] for n in ("G_AB", "G_BA", "O_AB", "O_BA", "T_AB", "T_BA"))
+    assert not changed["D_A"] and not changed["D_B"]
+
+
+def test_dicyc_e_step_moves_only_the_tps_and_its_loss_holds_l_dicyc():
+    recipe, nets, ctx = _recipe_and_nets(em="alternate")
+    _away_from_identity(nets)
+    steps = recipe.steps()
+    assert [s for s, _ in steps] == ["T", "G", "D"]
+    before = _snapshot(nets, list(nets))
+    _, loss = _run_step(recipe, nets, dict(ctx), *steps[0])
     changed = _changed(before, nets)
     assert changed["T_AB"] and changed["T_BA"]
     assert not any(changed[n] for n in ("G_AB", "G_BA", "O_AB", "O_BA", "D_A", "D_B"))
+    # the E step's loss is exactly the θ_TPS-dependent part: GAN on the deformed outputs + λ_dicyc L_dicyc
+    for p, p0 in zip([p for n in ("T_AB", "T_BA") for p in nets[n].parameters()],
+                     [p for n in ("T_AB", "T_BA") for p in before[n]]):
+        p.data.copy_(p0)
+    with torch.no_grad():
+        check = dict(ctx)
+        recipe.passes(nets, check)
+        terms = recipe.deformation_terms(nets, check)
+    assert set(terms) == {"adv_ab", "adv_ba", "dicyc"} and float(terms["dicyc"]) > 0
+    assert float(loss.detach()) == pytest.approx(float(sum(terms.values())), rel=1e-5)
 
 
-def test_dicyc_m_step_moves_generators_and_offsets_not_transformers():
-    recipe, nets, ctx = _recipe_and_nets()
-    steps = dict(recipe.steps())
+def test_dicyc_alternate_m_step_moves_generators_and_offsets_not_the_tps():
+    recipe, nets, ctx = _recipe_and_nets(em="alternate")
     before = _snapshot(nets, list(nets))
-    logged = _run_step(recipe, nets, ctx, "G", steps["G"])
+    logged, _ = _run_step(recipe, nets, ctx, *recipe.steps()[1])
     assert {"adv_ab", "adv_ba", "cycle", "dicyc", "align"} <= set(logged)
     changed = _changed(before, nets)
     assert changed["G_AB"] and changed["G_BA"] and changed["O_AB"] and changed["O_BA"]
     assert not any(changed[n] for n in ("T_AB", "T_BA", "D_A", "D_B"))
 
 
-def test_dicyc_losses_at_identity_deformation():
-    """With zero offsets and TPS the deformed pass equals the undeformed one: L_dicyc = 0."""
+def _gradients(recipe, nets, ctx, groups, step):
+    members = {m for g in groups for m in recipe.optimizer_groups()[g]}
+    for name, net in nets.items():
+        net.requires_grad_(name in members)
+        for p in net.parameters():
+            p.grad = None
+    loss, _ = step(nets, dict(ctx))
+    loss.backward()
+    return {n: [None if p.grad is None else p.grad.clone() for p in nets[n].parameters()] for n in members}
+
+
+def test_one_backward_gives_the_separate_e_and_m_steps_gradients():
+    """Joint (one forward, one backward) and alternating EM see the same gradients on one batch."""
     recipe, nets, ctx = _recipe_and_nets()
-    with torch.no_grad():
-        undeformed = (nets["G_AB"](ctx["real_a"]), nets["G_BA"](ctx["real_b"]))
-        terms = recipe.deformation_terms(nets, ctx, undeformed)
-    assert float(terms["dicyc"]) < 1e-5
-    assert torch.allclose(ctx["fake_b"], undeformed[0], atol=1e-5)
+    _away_from_identity(nets)
+    joint = _gradients(recipe, nets, ctx, ("G", "T"), recipe.generator_step)
+    e_step = _gradients(recipe, nets, ctx, ("T",), recipe.transformer_step)
+    m_step = _gradients(recipe, nets, ctx, ("G",), recipe.generator_step)
+    for name, separate in list(e_step.items()) + list(m_step.items()):
+        for g_joint, g_sep in zip(joint[name], separate):
+            assert g_joint is not None and g_sep is not None, name
+            assert torch.allclose(g_joint, g_sep, rtol=1e-4, atol=1e-7), name
+    assert any(float(g.abs().max()) > 0 for g in e_step["T_AB"])
+
+
+class _IdentityGenerator(torch.nn.Module):
+    """G(x) = x, with the encode/decode split and warp hook of the ResNet generator."""
+
+    def encode(self, x, warp=None):
+        return x if warp is None else warp("stem", x)
+
+    def decode(self, latent):
+        return latent
+
+    def forward(self, x, warp=None):
+        return self.decode(self.encode(x, warp))
+
+
+class _Shift(torch.nn.Module):
+    """A fixed deformation φ: a cyclic shift of ``pixels`` along x, in front of the input block."""
+
+    def __init__(self, pixels):
+        super().__init__()
+        self.pixels = pixels
+        self.offsets = {"stem": None}
+
+    def hook(self):
+        return lambda stage, features: torch.roll(features, self.pixels, dims=-1)
+
+
+def _l_dicyc(shift_ab, shift_ba):
+    from dicyc.nets.warps import TPSTransformer
+
+    recipe, _, ctx = _recipe_and_nets()
+    nets = {"G_AB": _IdentityGenerator(), "G_BA": _IdentityGenerator(), "O_AB": _Shift(shift_ab),
+            "O_BA": _Shift(shift_ba), "T_AB": TPSTransformer(1), "T_BA": TPSTransformer(1)}  # TPS at identity
+    recipe.passes(nets, ctx)
+    (pa, ta), (pb, tb) = ctx["dicyc_pairs"]
+    return float((torch.nn.functional.l1_loss(pa, ta) + torch.nn.functional.l1_loss(pb, tb)).detach())
+
+
+def test_paper_l_dicyc_is_zero_for_an_inverse_pair_and_positive_for_phi_twice():
+    """L_dicyc = |G_T^{B→A}(G_T^{A→B}(a)) − a| + (B side): with identity generators it vanishes
+    when B→A deforms by φ⁻¹ where A→B deforms by φ, and not when both deform by φ."""
+    assert _l_dicyc(3, -3) == pytest.approx(0.0, abs=1e-6)
+    assert _l_dicyc(3, 3) > 0.1
+
+
+def test_dicyc_at_identity_deformation_equals_cyclegan_passes():
+    """With zero offsets and TPS the deformed pass equals the undeformed one and L_dicyc = L_cyc."""
+    for variant in ("paper", "commutation"):
+        recipe, nets, ctx = _recipe_and_nets(dicyc_loss=variant)
+        with torch.no_grad():
+            recipe.passes(nets, ctx)
+            terms = recipe.deformation_terms(nets, ctx)
+            assert torch.allclose(ctx["fake_b"], ctx["und_b"], atol=1e-5)
+            assert torch.allclose(ctx["und_b"], nets["G_AB"](ctx["real_a"]), atol=1e-5)
+            cycle = torch.nn.functional.l1_loss(ctx["rec_a"], ctx["real_a"]) + torch.nn.functional.l1_loss(
+                ctx["rec_b"], ctx["real_b"])
+        expected = 0.0 if variant == "commutation" else 10.0 * float(cycle)
+        assert float(terms["dicyc"]) == pytest.approx(expected, abs=1e-4)
 
 
 def test_dicyclegan_has_no_tps_and_trains_jointly():
     recipe, nets, ctx = _recipe_and_nets("dicyclegan")
     assert "T_AB" not in nets and "O_AB" in nets
     assert [s for s, _ in recipe.steps()] == ["G", "D"]
+    _run_step(recipe, nets, ctx, *recipe.steps()[0])
 
 
 def test_mind_cyclegan_uses_position_based_slices_and_lambda_5():
     cfg = _config("mind-cyclegan", None)
     assert cfg["sampling"] == "position" and cfg["lambda_align"] == 5.0
     assert _config("nmi-cyclegan", None)["lambda_align"] == pytest.approx(0.9)
-    assert _config("dicyc", None)["lambda_align"] == pytest.approx(2.0)
-    assert _config("dicyc", None)["lambda_dicyc"] == 10.0 and _config("dicyc", None)["lambda_cycle"] == 10.0
 
 
 def test_method_options_are_refused_for_methods_without_them():
@@ -156,7 +273,7 @@ def test_method_options_are_refused_for_methods_without_them():
         _config("cyclegan", None, lambda_dicyc=3.0)
 
 
-def test_dicyc_offset_options_are_checked():
+def test_dicyc_options_are_checked():
     from dicyc.errors import DicycError
     from dicyc.methods import get_method
 
@@ -165,18 +282,22 @@ def test_dicyc_offset_options_are_checked():
         get_method("dicyc")(cfg)
     with pytest.raises(DicycError, match="lambda_adv_undeformed must be a number"):
         _config("dicyc", None, lambda_adv_undeformed="lots")
+    with pytest.raises(DicycError, match="dicyc_loss must be one of paper, commutation"):
+        get_method("dicyc")(_config("dicyc", None, dicyc_loss="both"))
+    with pytest.raises(DicycError, match="em must be one of joint, alternate"):
+        get_method("dicyc")(_config("dicyc", None, em="sometimes"))
     assert _config("dicyc", None, offset_grid="4")["offset_grid"] == 4
 
 
-def test_dicyc_m_step_judges_both_passes_unless_switched_off():
-    """The adversarial loss reaches the undeformed (synthesis) outputs with weight lambda_adv_undeformed."""
-    recipe, nets, ctx = _recipe_and_nets()
-    assert recipe.config["lambda_adv_undeformed"] == 1.0
-    _, logged = recipe.generator_step(nets, ctx)
+def test_undeformed_adversarial_option_reaches_generator_and_discriminators():
+    """With lambda_adv_undeformed > 0 the undeformed outputs are judged, and the discriminators see them."""
+    recipe, nets, ctx = _recipe_and_nets(lambda_adv_undeformed=1.0)
+    assert {"und_a", "und_b"} <= set(recipe.pools())
+    logged, _ = _run_step(recipe, nets, ctx, *recipe.steps()[0])
     assert logged["adv_und"] > 0
-    recipe.config["lambda_adv_undeformed"] = 0.0
-    _, logged = recipe.generator_step(nets, dict(real_a=ctx["real_a"], real_b=ctx["real_b"]))
-    assert "adv_und" not in logged
+    before = len(ctx["pools"]["und_b"].images)
+    logged, _ = _run_step(recipe, nets, ctx, *recipe.steps()[1])
+    assert logged["D_und"] > 0 and len(ctx["pools"]["und_b"].images) > before
 
 
 def test_default_method_is_dicyc():

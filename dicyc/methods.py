@@ -156,10 +156,22 @@ class AlignedCycleGAN(CycleGAN):
             return sim.mind_loss(source, synthetic)
         raise ValueError(f"unknown similarity {self.similarity!r}")
 
+    def alignment_pair(self, a, fake_b, b, fake_a):
+        """alignment(a, fake_b) + alignment(b, fake_a), as one batch of both directions.
+
+        Each measure is a mean over its batch, so twice the mean over the joined batch is the
+        sum of the two; one call costs much less than two at the small batches of training.
+        """
+        import torch
+
+        if a.shape != b.shape:
+            return self.alignment(a, fake_b) + self.alignment(b, fake_a)
+        return 2.0 * self.alignment(torch.cat((a, b)), torch.cat((fake_b, fake_a)))
+
     def generator_losses(self, nets, ctx):
         terms = super().generator_losses(nets, ctx)
         lam = self.config["lambda_align"]
-        terms["align"] = lam * (self.alignment(ctx["real_a"], ctx["fake_b"]) + self.alignment(ctx["real_b"], ctx["fake_a"]))
+        terms["align"] = lam * self.alignment_pair(ctx["real_a"], ctx["fake_b"], ctx["real_b"], ctx["fake_a"])
         return terms
 
 
@@ -183,51 +195,52 @@ class MINDCycleGAN(AlignedCycleGAN):
 
 
 class DiCyc(AlignedCycleGAN):
-    """DiCyc (Wang et al., Information Fusion 2021).
+    """DiCyc (Wang et al., Information Fusion 2021), as the papers define it.
 
-    Each generator G runs twice with the same parameters θ: the *deformed* pass G_T(x) =
-    G(x | θ, θ_T) goes through offset fields in front of the input block, both down-sampling
-    convolutions and the residual stack (``offset_stages``), and a thin-plate-spline
-    transformer on the latent features (reading the source latent and a target-domain image's
-    latent); the *undeformed* pass G(x) = G(x | θ) bypasses them. The adversarial loss judges
-    the deformed outputs, so the deformations a domain carries are absorbed by θ_T; the
-    alignment loss keeps the undeformed output aligned with its source; the cycle loss runs
-    undeformed; and the deformation-invariant cycle loss asks deforming in the first or in the
-    second half of a cycle to give the same image:
+    Each generator runs twice with the same parameters θ. The *undeformed* pass G(x) = G(x | θ)
+    is what synthesis uses. The *deformed* pass G_T(x) = G(x | θ, θ_T) goes through offset
+    fields sharing one 2-D field per feature map, in front of the input block, both
+    down-sampling convolutions and the residual stack (``offset_stages``), and a thin-plate
+    spline on the latent features. The spline is steered by the concatenated latent codes of
+    the source and of a target-domain image. With x_A = a, x_B = b (DicycleGAN, MICCAI-W 2018,
+    Eqs. 1-4; the 2021 paper repeats them):
 
-        L_dicyc = |G_BA,T(G_AB(a)) − G_BA(G_AB,T(a))| + |G_AB,T(G_BA(b)) − G_AB(G_BA,T(b))|
+        L_GAN^{A→B}   = (D_B(G_T^{A→B}(a)) − 1)²                       the deformed outputs only
+        L_align       = 2 − NMI(a, G^{A→B}(a)) − NMI(b, G^{B→A}(b))    the undeformed outputs
+        L_cyc         = |G^{B→A}(G^{A→B}(a)) − a| + |G^{A→B}(G^{B→A}(b)) − b|
+        L_dicyc       = |G_T^{B→A}(G_T^{A→B}(a)) − a| + |G_T^{A→B}(G_T^{B→A}(b)) − b|
+        L             = L_GAN^{A→B} + L_GAN^{B→A} + λ_align L_align + λ_cyc L_cyc + λ_dicyc L_dicyc
 
-    Training alternates an E step that updates only the global (TPS) transformers and an M
-    step that updates generators and offset fields from both passes with one backward pass.
+    with λ_cyc = λ_dicyc = 10 and λ_align = 0.9. The discriminators judge the deformed outputs,
+    so a domain's own deformation is absorbed by θ_T. The undeformed output is held to its
+    source by the alignment loss, and L_dicyc ties the deformed cycle back to the input.
+
+    EM training (2021). The E step moves only the TPS transformers, on every term that
+    depends on them (L_GAN on the deformed outputs and L_dicyc). The M step moves the
+    generators and offset fields on the whole of L. Since the E step's loss is exactly the
+    θ_TPS-dependent part of L, one backward pass of L gives both steps' gradients, and
+    ``em: "joint"`` (the default) takes both steps from one forward and one backward.
+    ``em: "alternate"`` runs a separate E step before the M step (two backward passes).
+
+    Options that depart from the papers, off by default, each measured in the README:
+    ``dicyc_loss: "commutation"`` (|G_T^{B→A}(G^{A→B}(a)) − G^{B→A}(G_T^{A→B}(a))| + B side),
+    ``lambda_adv_undeformed`` > 0 (the undeformed outputs are judged too, and reach the
+    discriminators), and ``offset_grid`` / ``offset_max_displacement`` (smooth and bounded
+    offset fields). ``tps_max_displacement`` bounds each control point's move through a tanh,
+    in units of half the latent map: 1, the default, lets it reach anywhere on the map.
+
     Synthesis uses the undeformed pass only: the model file holds the generators alone and
     costs what a CycleGAN costs.
-
-    Choices of ours, all found on the quality benchmark (README, *Benchmarks*). With
-    free per-pixel offsets and the adversarial loss on the deformed pass alone, the generator
-    learns two modes: a deformed pass that fools the discriminator with shredded anatomy, and
-    an undeformed pass -- the one synthesis uses -- that nothing asks to look real, which came
-    out flat and low in contrast. So (1) offset fields are smooth (``offset_grid`` cells per
-    side) and bounded (``offset_max_displacement``), which keeps θ_T a deformation; and
-    (2) the undeformed outputs also get the adversarial loss (weight
-    ``lambda_adv_undeformed``); the alignment and dicyc losses keep them in the source's
-    geometry while the deformed pass still takes up the domain's deformation. Since the
-    undeformed pass now feels the discriminator, the alignment weight is 2 rather than the
-    0.9 of the NMI baseline. The bounds are tight (offsets 0.05 and TPS 0.1 of half a map's
-    side, about 15 % of the slice in all): looser ones let the deformed pass shred anatomy.
-    Each step was measured on the deformed setting of ``dicyc bench quality --quick`` (SSIM
-    PD→T2 / T2→PD, seed 0; CycleGAN 0.319 / 0.300): free offsets, deformed pass judged alone
-    0.244 / 0.427 (the benchmark's first run); then, in single training runs of that size,
-    smooth offsets 0.273 / 0.432; + adversarial loss on the undeformed pass 0.336 / 0.418;
-    + λ_align 2 0.381 / 0.414; + tight bounds 0.392 / 0.440 (seed 1: 0.363 / 0.421). The
-    benchmark's own rerun with these defaults gave 0.390 / 0.424.
     """
 
     name = "dicyc"
     description = "DiCyc (Wang et al. 2021): offset convs + TPS transformer, NMI alignment, dicyc loss, EM training"
-    defaults = {"lambda_align": 2.0, "lambda_dicyc": 10.0, "lambda_adv_undeformed": 1.0, "tps_grid": 6,
-                "tps_max_displacement": 0.1, "offset_grid": 8, "offset_max_displacement": 0.05,
-                "offset_stages": ["stem", "down1", "down2", "block0"]}
+    defaults = {"lambda_align": 0.9, "lambda_dicyc": 10.0, "dicyc_loss": "paper", "em": "joint",
+                "lambda_adv_undeformed": 0.0, "tps_grid": 6, "tps_max_displacement": 1.0, "offset_grid": 0,
+                "offset_max_displacement": 0.0, "offset_stages": ["stem", "down1", "down2", "block0"]}
     use_tps = True
+    #: the choices of the string options
+    CHOICES = {"dicyc_loss": ("paper", "commutation"), "em": ("joint", "alternate")}
 
     def __init__(self, config):
         super().__init__(config)
@@ -239,6 +252,11 @@ class DiCyc(AlignedCycleGAN):
             raise DicycError(
                 f"offset_stages {stages} is not a non-empty list of generator stages; choose from {', '.join(valid)}."
             )
+        for key, choices in self.CHOICES.items():
+            if key in self.defaults and config.get(key) not in choices:
+                raise DicycError(f"training option {key} must be one of {', '.join(choices)}; got {config.get(key)!r}.")
+        if self.use_tps and not float(config["tps_max_displacement"]) > 0:
+            raise DicycError(f"tps_max_displacement must be above 0; got {config['tps_max_displacement']}.")
 
     def build_networks(self):
         from dicyc.nets.warps import Deformation, TPSTransformer
@@ -246,8 +264,6 @@ class DiCyc(AlignedCycleGAN):
         nets = super().build_networks()
         for direction in ("AB", "BA"):
             g = nets[f"G_{direction}"]
-            # the "lasagne" structure by default: offsets in front of the input block, both
-            # down-sampling convolutions and the residual stack (its first block)
             points = [p for p in g.warp_points if p[0] in self.config["offset_stages"]]
             nets[f"O_{direction}"] = Deformation(
                 points, offsets=True, tps=False, offset_grid=self.config["offset_grid"] or None,
@@ -267,86 +283,152 @@ class DiCyc(AlignedCycleGAN):
             groups["T"] = ["T_AB", "T_BA"]
         return groups
 
+    def pools(self):
+        extra = ["und_a", "und_b"] if self.judges_undeformed() else []
+        return super().pools() + extra
+
+    def judges_undeformed(self):
+        return float(self.config.get("lambda_adv_undeformed", 0.0)) > 0
+
     def steps(self):
-        steps = [("G", self.generator_step), ("D", self.discriminator_step)]
-        return ([("T", self.transformer_step)] if self.use_tps else []) + steps
+        if not self.use_tps:
+            return [("G", self.generator_step), ("D", self.discriminator_step)]
+        if self.config["em"] == "alternate":
+            return [("T", self.transformer_step), ("G", self.generator_step), ("D", self.discriminator_step)]
+        return [(("G", "T"), self.generator_step), ("D", self.discriminator_step)]
 
     # -- the two passes ----------------------------------------------------------
-    def deformed(self, nets, direction, x, ctx):
-        """G_T(x): the generator through its offset fields (and TPS on the latent features)."""
-        g = nets[f"G_{direction}"]
-        offsets = nets[f"O_{direction}"].hook()
-        tps = nets.get(f"T_{direction}")
-        if tps is None:
-            return g(x, warp=offsets)
-        target = ctx["target_latent_" + direction]
+    def _encode_pair(self, nets, direction, x_und, x_def):
+        """Encoder of G_direction on [x_und; x_def] as one batch, offsets on the second part only.
 
-        def warp(stage, features):
-            return tps(features, target) if stage == "latent" else offsets(stage, features)
-
-        return g(x, warp=warp)
-
-    def target_latents(self, nets, ctx):
-        """Latent features of a target-domain image for each direction's TPS transformer."""
+        The undeformed and the deformed pass of one generator share every weight and are
+        independent of each other, so they run as one batch: the same numbers as two passes
+        (instance norm is per sample), for much less than twice the time of one.
+        Returns (latent of x_und, offset-deformed latent of x_def, before the TPS).
+        """
         import torch
 
-        if not self.use_tps or "target_latent_AB" in ctx:
-            return
-        with torch.no_grad():
-            ctx["target_latent_AB"] = nets["G_BA"].encode(ctx["real_b"])
-            ctx["target_latent_BA"] = nets["G_AB"].encode(ctx["real_a"])
+        n = x_und.shape[0]
+        deformation = nets[f"O_{direction}"]
+        hook = deformation.hook()
 
-    def adversarial_terms(self, nets, ctx):
-        """Deformed outputs G_T(x) and their adversarial losses (the discriminators judge these)."""
-        from dicyc.losses import lsgan_loss
+        def warp(stage, features):
+            if stage not in deformation.offsets:
+                return features
+            return torch.cat((features[:n], hook(stage, features[n:])))
 
-        self.target_latents(nets, ctx)
-        fake_b_t = self.deformed(nets, "AB", ctx["real_a"], ctx)
-        fake_a_t = self.deformed(nets, "BA", ctx["real_b"], ctx)
-        ctx["fake_b"], ctx["fake_a"] = fake_b_t, fake_a_t
-        return {
-            "adv_ab": lsgan_loss(nets["D_B"](fake_b_t), True),
-            "adv_ba": lsgan_loss(nets["D_A"](fake_a_t), True),
-        }
+        z = nets[f"G_{direction}"].encode(torch.cat((x_und, x_def)), warp)
+        return z[:n], z[n:]
 
-    def deformation_terms(self, nets, ctx, undeformed):
-        """Adversarial losses on the deformed outputs and the deformation-invariant cycle loss."""
-        from dicyc.losses import l1
+    def _decode_pair(self, nets, direction, z_und, z_def, ctx):
+        """Decoder of G_direction on [z_und; TPS(z_def)] as one batch: (G(x_und), G_T(x_def))."""
+        import torch
 
-        terms = self.adversarial_terms(nets, ctx)
-        fake_b_t, fake_a_t = ctx["fake_b"], ctx["fake_a"]
-        ub, ua = undeformed
-        dicyc = l1(self.deformed(nets, "BA", ub, ctx), nets["G_BA"](fake_b_t)) + l1(
-            self.deformed(nets, "AB", ua, ctx), nets["G_AB"](fake_a_t)
-        )
-        terms["dicyc"] = self.config["lambda_dicyc"] * dicyc
-        return terms
+        tps = nets.get(f"T_{direction}")
+        if tps is not None:
+            z_def = tps(z_def, ctx["target_latent_" + direction])
+        out = nets[f"G_{direction}"].decode(torch.cat((z_und, z_def)))
+        return out[: z_und.shape[0]], out[z_und.shape[0]:]
 
-    def transformer_step(self, nets, ctx):
-        """E step: only the global transformers move, so the deformed outputs look like the target
-        domain — the transformer absorbs the domain's global deformation. (The M step's dicyc term
-        then makes the generators agree with it.)"""
-        terms = self.adversarial_terms(nets, ctx)
-        total = sum(terms.values())
-        return total, {"T": float(total.detach())}
+    def _pair(self, nets, direction, x_und, x_def, ctx):
+        """(G(x_und), G_T(x_def)) of G_direction in one batched pass."""
+        return self._decode_pair(nets, direction, *self._encode_pair(nets, direction, x_und, x_def), ctx)
 
-    def generator_step(self, nets, ctx):
-        """M step: generators and offset fields from the deformed and undeformed passes, one backward."""
-        from dicyc.losses import l1
+    def passes(self, nets, ctx):
+        """Both passes of both generators and of both cycles, four batched generator passes in all.
+
+        Stores in ``ctx``: the undeformed outputs ``und_b`` = G^{A→B}(a), ``und_a`` and their
+        cycles ``rec_a``, ``rec_b``; the deformed outputs ``fake_b`` = G_T^{A→B}(a), ``fake_a``
+        (what the discriminators judge); and ``dicyc_pairs``, the two (prediction, target)
+        pairs of L_dicyc. The TPS transformers read each real image's undeformed latent code,
+        detached: E^{B→A}(b) steers the A→B spline, E^{A→B}(a) the B→A one. It conditions the
+        spline and is not trained through it.
+        """
+        import torch
 
         a, b = ctx["real_a"], ctx["real_b"]
-        fake_b, fake_a = nets["G_AB"](a), nets["G_BA"](b)
-        terms = self.deformation_terms(nets, ctx, (fake_b, fake_a))
-        terms["cycle"] = self.config["lambda_cycle"] * (l1(nets["G_BA"](fake_b), a) + l1(nets["G_AB"](fake_a), b))
-        terms["align"] = self.config["lambda_align"] * (self.alignment(a, fake_b) + self.alignment(b, fake_a))
-        w = float(self.config["lambda_adv_undeformed"])
-        if w > 0:  # the synthesis (undeformed) outputs must look real too; see the class docstring
-            from dicyc.losses import lsgan_loss
+        z_a, z_a_t = self._encode_pair(nets, "AB", a, a)
+        z_b, z_b_t = self._encode_pair(nets, "BA", b, b)
+        ctx["target_latent_AB"], ctx["target_latent_BA"] = z_b.detach(), z_a.detach()
+        ctx["und_b"], ctx["fake_b"] = self._decode_pair(nets, "AB", z_a, z_a_t, ctx)
+        ctx["und_a"], ctx["fake_a"] = self._decode_pair(nets, "BA", z_b, z_b_t, ctx)
+        if self.config["dicyc_loss"] == "paper":  # the deformed cycle, back to the input
+            ctx["rec_a"], rec_a_t = self._pair(nets, "BA", ctx["und_b"], ctx["fake_b"], ctx)
+            ctx["rec_b"], rec_b_t = self._pair(nets, "AB", ctx["und_a"], ctx["fake_a"], ctx)
+            ctx["dicyc_pairs"] = ((rec_a_t, a), (rec_b_t, b))
+            return
+        # the commutation variant: G_T^{B→A}(G^{A→B}(a)) against G^{B→A}(G_T^{A→B}(a)), and the B side
+        n = a.shape[0]
+        und, def_of_und_b = self._pair(nets, "BA", torch.cat((ctx["und_b"], ctx["fake_b"])), ctx["und_b"], ctx)
+        ctx["rec_a"], und_of_fake_b = und[:n], und[n:]
+        und, def_of_und_a = self._pair(nets, "AB", torch.cat((ctx["und_a"], ctx["fake_a"])), ctx["und_a"], ctx)
+        ctx["rec_b"], und_of_fake_a = und[:n], und[n:]
+        ctx["dicyc_pairs"] = ((def_of_und_b, und_of_fake_b), (def_of_und_a, und_of_fake_a))
 
-            terms["adv_und"] = w * (lsgan_loss(nets["D_B"](fake_b), True) + lsgan_loss(nets["D_A"](fake_a), True))
+    def _judge(self, nets, ctx):
+        """Discriminator scores of the deformed outputs (and of the undeformed ones when they are judged)."""
+        import torch
+
+        if not self.judges_undeformed():
+            return nets["D_B"](ctx["fake_b"]), nets["D_A"](ctx["fake_a"]), None, None
+        n = ctx["fake_b"].shape[0]
+        d_b = nets["D_B"](torch.cat((ctx["fake_b"], ctx["und_b"])))
+        d_a = nets["D_A"](torch.cat((ctx["fake_a"], ctx["und_a"])))
+        return d_b[:n], d_a[:n], d_b[n:], d_a[n:]
+
+    def deformation_terms(self, nets, ctx, scores=None):
+        """Every term that depends on θ_TPS, weighted: L_GAN on the deformed outputs and L_dicyc.
+
+        This is the E step's loss (Wang et al. 2021). Needs :meth:`passes` to have run.
+        """
+        from dicyc.losses import l1, lsgan_loss
+
+        d_b, d_a = (scores or self._judge(nets, ctx))[:2]
+        (pa, ta), (pb, tb) = ctx["dicyc_pairs"]
+        return {
+            "adv_ab": lsgan_loss(d_b, True),
+            "adv_ba": lsgan_loss(d_a, True),
+            "dicyc": self.config["lambda_dicyc"] * (l1(pa, ta) + l1(pb, tb)),
+        }
+
+    def transformer_step(self, nets, ctx):
+        """E step of ``em: "alternate"``: only the TPS transformers move, on the θ_TPS-dependent terms."""
+        self.passes(nets, ctx)
+        terms = self.deformation_terms(nets, ctx)
+        total = sum(terms.values())
+        return total, {"E": float(total.detach())}
+
+    def generator_step(self, nets, ctx):
+        """The full DiCyc loss from both passes: the M step, and with ``em: "joint"`` the E step too."""
+        from dicyc.losses import l1, lsgan_loss
+
+        a, b = ctx["real_a"], ctx["real_b"]
+        self.passes(nets, ctx)
+        scores = self._judge(nets, ctx)
+        terms = self.deformation_terms(nets, ctx, scores)
+        terms["cycle"] = self.config["lambda_cycle"] * (l1(ctx["rec_a"], a) + l1(ctx["rec_b"], b))
+        terms["align"] = self.config["lambda_align"] * self.alignment_pair(a, ctx["und_b"], b, ctx["und_a"])
+        if self.judges_undeformed():
+            w = float(self.config["lambda_adv_undeformed"])
+            terms["adv_und"] = w * (lsgan_loss(scores[2], True) + lsgan_loss(scores[3], True))
         total = sum(terms.values())
         logged = {k: float(v.detach()) for k, v in terms.items()}
         logged["G"] = float(total.detach())
+        return total, logged
+
+    def discriminator_step(self, nets, ctx):
+        """CycleGAN's LSGAN discriminators on the deformed fakes, plus the undeformed ones when they are judged."""
+        total, logged = super().discriminator_step(nets, ctx)
+        if self.judges_undeformed():
+            from dicyc.losses import lsgan_loss
+
+            w = float(self.config["lambda_adv_undeformed"])
+            pools = ctx["pools"]
+            und_b = pools["und_b"].query(ctx["und_b"])
+            und_a = pools["und_a"].query(ctx["und_a"])
+            extra = 0.5 * w * (lsgan_loss(nets["D_B"](und_b), False) + lsgan_loss(nets["D_A"](und_a), False))
+            total = total + extra
+            logged["D_und"] = float(extra.detach())
         return total, logged
 
 
@@ -364,12 +446,12 @@ class MINDDiCyc(DiCyc):
 
 
 class DicycleGAN(DiCyc):
-    """DicycleGAN (Wang et al., MICCAI SASHIMI 2018): offset convolutions, NMI and the dicyc
-    loss, no TPS transformer, generators and offsets trained jointly (no EM)."""
+    """DicycleGAN (Wang et al., MICCAI SASHIMI 2018): DiCyc's losses with offset convolutions
+    alone (no TPS transformer), generators and offsets trained jointly (no EM)."""
 
     name = "dicyclegan"
     description = "DicycleGAN (Wang et al. 2018): offset convs, NMI alignment, dicyc loss, joint training"
-    defaults = {key: value for key, value in DiCyc.defaults.items() if not key.startswith("tps_")}
+    defaults = {key: value for key, value in DiCyc.defaults.items() if not key.startswith("tps_") and key != "em"}
     use_tps = False
 
 

@@ -5,10 +5,11 @@ Two modes:
 * **fixed iterations** (short runs, tests, benchmarks): constant learning rate for the first
   half, then linear decay to zero over the second half — CycleGAN's reference schedule
   (n_epochs = n_epochs_decay) expressed in iterations.
-* **epochs** (the papers' long runs): constant learning rate until the monitored loss has not
-  improved for ``patience_constant`` (10) epochs, then linear decay over ``decay_epochs``; training
-  stops when the loss has not improved for ``patience_decay`` (20) epochs in decay, when the decay
-  reaches zero, or at ``max_epochs``.
+* **epochs** (the papers' long runs, Wang et al. 2018/2021): constant learning rate for
+  ``constant_epochs`` (100) epochs, or until the monitored loss has not improved for
+  ``patience_constant`` (10) epochs, whichever comes first; then linear decay over
+  ``decay_epochs`` (100). Training stops when the loss has not improved for ``patience_decay``
+  (20) epochs in decay, when the decay reaches zero, or at ``max_epochs``.
 
 The state is a plain dict so it travels in a checkpoint's JSON.
 """
@@ -19,10 +20,11 @@ class Schedule:
         self.epoch_length = int(epoch_length)
         self.fixed = config.get("iterations") is not None
         self.total_iterations = int(config["iterations"]) if self.fixed else int(config["max_epochs"]) * self.epoch_length
+        self.constant_epochs = int(config.get("constant_epochs", 100))
         self.patience_constant = int(config["patience_constant"])
         self.patience_decay = int(config["patience_decay"])
         self.decay_epochs = int(config["decay_epochs"])
-        self.state = {"phase": "constant", "best": None, "since_best": 0, "decay_start_iteration": None, "stopped": False}
+        self.state = {"phase": "constant", "epochs": 0, "best": None, "since_best": 0, "decay_start_iteration": None, "stopped": False}
 
     def lr_factor(self, iteration):
         """Multiplier of the base learning rate at ``iteration`` (0-based)."""
@@ -40,6 +42,7 @@ class Schedule:
     def end_epoch(self, loss, iteration):
         """Record an epoch's mean monitored loss; returns (improved, stop)."""
         s = self.state
+        s["epochs"] = s.get("epochs", 0) + 1
         improved = s["best"] is None or loss < s["best"]
         if improved:
             s["best"], s["since_best"] = float(loss), 0
@@ -47,7 +50,8 @@ class Schedule:
             s["since_best"] += 1
         if self.fixed:
             return improved, False
-        if s["phase"] == "constant" and s["since_best"] >= self.patience_constant:
+        plateau = s["since_best"] >= self.patience_constant
+        if s["phase"] == "constant" and (plateau or s["epochs"] >= self.constant_epochs):
             s["phase"], s["since_best"], s["decay_start_iteration"] = "decay", 0, int(iteration)
         elif s["phase"] == "decay" and (s["since_best"] >= self.patience_decay or self.lr_factor(iteration) <= 0.0):
             s["stopped"] = True

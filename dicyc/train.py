@@ -56,6 +56,7 @@ DEFAULT_CONFIG = {
     "iterations": None,
     "epoch_length": None,
     "max_epochs": 200,
+    "constant_epochs": 100,
     "patience_constant": 10,
     "patience_decay": 20,
     "decay_epochs": 100,
@@ -71,7 +72,7 @@ FROZEN_ON_RESUME = ("method", "ngf", "n_blocks", "ndf", "upsample", "slice_size"
                     "shared_blocks", "tps_grid", "offset_grid")
 
 _INT_KEYS = ("slice_size", "position_offset", "ngf", "n_blocks", "ndf", "batch_size", "pool_size", "max_epochs",
-             "patience_constant", "patience_decay", "decay_epochs", "checkpoint_every", "log_every", "seed")
+             "constant_epochs", "patience_constant", "patience_decay", "decay_epochs", "checkpoint_every", "log_every", "seed")
 _FLOAT_KEYS = ("lr", "beta1", "beta2", "lambda_cycle", "lambda_identity")
 
 
@@ -324,6 +325,40 @@ def _unique_parameters(nets, members):
     return params
 
 
+def step_groups(name):
+    """The optimiser groups one recipe step updates: a name, or a tuple of names sharing one backward."""
+    return (name,) if isinstance(name, str) else tuple(name)
+
+
+def run_iteration(steps, nets, groups, optimizers, ctx, lr, average_gradients=None):
+    """One training iteration: each recipe step's loss, one backward, and its optimisers' steps.
+
+    A step may name several optimiser groups (DiCyc's joint E and M step): they share the one
+    backward pass, and each optimiser then steps with the gradients of its own parameters.
+    Only the networks of the step's groups take gradients, so a generator step leaves the
+    discriminators' gradients alone. Returns the logged loss values of all steps.
+    """
+    logged = {}
+    for names, step in steps:
+        names = step_groups(names)
+        members = {member for name in names for member in groups[name]}
+        for name, net in nets.items():
+            net.requires_grad_(name in members)
+        opts = [optimizers[name] for name in names]
+        for opt in opts:
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+        loss, values = step(nets, ctx)
+        loss.backward()
+        if average_gradients is not None:
+            average_gradients([p for opt in opts for group in opt.param_groups for p in group["params"]])
+        for opt in opts:
+            opt.step()
+        logged.update(values)
+    return logged
+
+
 def _fixed_slice(data):
     """The middle body slice of the first volume: the same preview every epoch."""
     import numpy as np
@@ -437,20 +472,7 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
                 real_a, real_b = augment(real_a, aug_gen), augment(real_b, aug_gen)
             lr = config["lr"] * schedule.lr_factor(iteration)
             ctx = {"real_a": real_a, "real_b": real_b, "pools": pools, "iteration": iteration}
-            logged = {}
-            for opt_name, step in steps:
-                members = set(groups[opt_name])
-                for name, net in nets.items():
-                    net.requires_grad_(name in members)
-                opt = optimizers[opt_name]
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                loss, values = step(nets, ctx)
-                loss.backward()
-                dist.average_gradients([p for g in opt.param_groups for p in g["params"]])
-                opt.step()
-                logged.update(values)
+            logged = run_iteration(steps, nets, groups, optimizers, ctx, lr, dist.average_gradients)
             iteration += 1
             for k, v in logged.items():
                 recent.setdefault(k, []).append(v)

@@ -480,27 +480,20 @@ def _training_state(name, ngf, n_blocks, ndf, size, batch, device, seed):
     pool_gen = torch.Generator().manual_seed(seed)
     pools = {k: ImagePool(config["pool_size"], pool_gen) for k in recipe.pools()}
     return {"recipe": recipe, "nets": nets, "groups": groups, "optimizers": optimizers, "pools": pools,
-            "steps": recipe.steps(), "gen": torch.Generator().manual_seed(seed + 7)}
+            "steps": recipe.steps(), "gen": torch.Generator().manual_seed(seed + 7), "lr": config["lr"]}
 
 
 def _iteration(state, batch, size, device):
     """One training iteration exactly as ``dicyc.train.train`` runs it, on random [-1, 1] batches."""
     import torch
 
+    from dicyc.train import run_iteration
+
     gen = state["gen"]
     real_a = (torch.rand((batch, 1, size, size), generator=gen) * 2.0 - 1.0).to(device)
     real_b = (torch.rand((batch, 1, size, size), generator=gen) * 2.0 - 1.0).to(device)
     ctx = {"real_a": real_a, "real_b": real_b, "pools": state["pools"], "iteration": 0}
-    nets, groups = state["nets"], state["groups"]
-    for opt_name, step in state["steps"]:
-        members = set(groups[opt_name])
-        for name, net in nets.items():
-            net.requires_grad_(name in members)
-        opt = state["optimizers"][opt_name]
-        opt.zero_grad(set_to_none=True)
-        loss, _ = step(nets, ctx)
-        loss.backward()
-        opt.step()
+    run_iteration(state["steps"], state["nets"], state["groups"], state["optimizers"], ctx, state["lr"])
 
 
 def measure_training(methods=None, ngf=16, n_blocks=3, ndf=None, size=64, batch=1, iterations=3, warmup=1,

@@ -92,35 +92,44 @@ class ResnetGenerator(nn.Module):
         self.warp_points.append(("latent", 4 * ngf, 4))
 
     def forward(self, x, warp=None):
-        """Translate ``x`` (N, input_nc, H, W), H and W multiples of 4, to (N, output_nc, H, W)."""
+        """Translate ``x`` (N, input_nc, H, W), H and W multiples of 4, to (N, output_nc, H, W).
+
+        ``warp(stage, features)``, when given, is applied in front of every stage of
+        :attr:`warp_points` (the latent code last), the hook DiCyc's deformed pass uses.
+        """
+        if warp is None:
+            return self.decode(self.encode(x))
+        return self.decode(warp("latent", self.encode(x, warp)))
+
+    def encode(self, x, warp=None):
+        """Latent features after the residual stack: (N, 4*ngf, H/4, W/4).
+
+        ``warp`` is applied in front of the input block, the down-samplings and each residual
+        block, but not to the result: DiCyc's TPS transformer warps the latent code itself,
+        reading it next to the latent code of a target-domain image (Wang et al., Information
+        Fusion 2021).
+        """
         if x.dim() != 4 or x.shape[-2] % 4 or x.shape[-1] % 4:
             raise ValueError(f"expected (N, C, H, W) with H and W multiples of 4, got {tuple(x.shape)}")
         if warp is None:
             x = self.down2(self.down1(self.stem(x)))
             for block in self.blocks:
                 x = block(x)
-            return self.head(self.up2(self.up1(x)))
+            return x
         x = self.stem(warp("stem", x))
         x = self.down1(warp("down1", x))
         x = self.down2(warp("down2", x))
         for i, block in enumerate(self.blocks):
             x = block(warp(f"block{i}", x))
-        x = warp("latent", x)
-        return self.head(self.up2(self.up1(x)))
-
-    def encode(self, x):
-        """Latent features after the residual stack, unwarped: (N, 4*ngf, H/4, W/4).
-
-        DiCyc's global TPS transformer (Wang et al., Information Fusion 2021) reads the
-        latent code of a target-domain image next to the source's; this gives that code
-        without running the decoder.
-        """
-        if x.dim() != 4 or x.shape[-2] % 4 or x.shape[-1] % 4:
-            raise ValueError(f"expected (N, C, H, W) with H and W multiples of 4, got {tuple(x.shape)}")
-        x = self.down2(self.down1(self.stem(x)))
-        for block in self.blocks:
-            x = block(x)
         return x
+
+    def decode(self, latent):
+        """Output image from latent features: ``forward(x) == decode(encode(x))``.
+
+        Split so DiCyc's undeformed pass can keep each image's latent code, which its TPS
+        transformers read as the target-domain code, instead of encoding the image again.
+        """
+        return self.head(self.up2(self.up1(latent)))
 
     def architecture(self):
         """The model card's ``architecture`` entry that rebuilds this network."""
