@@ -64,6 +64,30 @@ def save_checkpoint(path, nets, optimizers, pools, extra, torch_generators=None)
         save_file(tensors, str(tmp), metadata={"dicyc_checkpoint": json.dumps(meta)})
 
 
+def _load_nets(path, tensors, nets):
+    for name, net in nets.items():
+        prefix = f"net.{name}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise DicycError(f"{path} does not match this run's {name} network ({str(exc).splitlines()[0]}).") from None
+
+
+def load_checkpoint_networks(path, nets):
+    """Restore only the networks of a checkpoint (all of them, training-only ones included).
+
+    For analyses of a finished run, such as what DiCyc's offset fields and TPS transformers
+    learned: the model file holds the synthesis generators alone.
+    """
+    from safetensors.torch import load_file
+
+    from dicyc.modelfile import check_safetensors_header
+
+    check_safetensors_header(path, what="training checkpoint")
+    _load_nets(path, load_file(str(path)), nets)
+
+
 def load_checkpoint(path, nets, optimizers, pools, device, torch_generators=None):
     """Restore a checkpoint into existing networks/optimisers/pools; returns ``extra``."""
     import torch
@@ -81,13 +105,7 @@ def load_checkpoint(path, nets, optimizers, pools, device, torch_generators=None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise DicycError(f"{path} is a checkpoint of an unsupported format version ({meta.get('format_version')}).")
     tensors = load_file(str(path))
-    for name, net in nets.items():
-        prefix = f"net.{name}."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise DicycError(f"{path} does not match this run's {name} network ({str(exc).splitlines()[0]}).") from None
+    _load_nets(path, tensors, nets)
     for name, opt in optimizers.items():
         opt.load_state_dict(_optimizer_from_flat(f"opt.{name}", meta["optimizers"][name], tensors, device))
     for name, pool in pools.items():

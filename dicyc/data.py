@@ -220,8 +220,12 @@ def _resample_in_plane(vol, spacing):
     return Volume(array, first.spacing, first.origin, first.direction)
 
 
-def _preprocess(path, modality, spacing, slice_size, mr_method):
-    """One volume → (float16 array (z, S, S) in [-1, 1], sidecar dict). Frees as it goes."""
+def preprocess_volume(path, modality, spacing, slice_size, mr_method="percentile"):
+    """One volume → (float16 array (z, S, S) in [-1, 1], sidecar dict): exactly what training sees.
+
+    Canonical orientation, in-plane resampling, normalisation, crop/pad around the body. Frees as
+    it goes. The sidecar records the crop (``crop``, ``body_centroid_yx``) and the body slices.
+    """
     from dicyc.preprocess import body_mask, crop_pad_axial, mr_normalization, normalization_for, to_canonical
     from dicyc.volume import check_not_constant, read_volume
 
@@ -344,7 +348,7 @@ class DomainData:
             npy, sidecar = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
             cached = _load_cached(npy, sidecar, slice_size)
             if cached is None:
-                arr, meta = _preprocess(path, modality, spacing, slice_size, mr_method)
+                arr, meta = preprocess_volume(path, modality, spacing, slice_size, mr_method)
                 with atomic_path(npy) as tmp:
                     with open(tmp, "wb") as fh:
                         np.save(fh, arr)

@@ -138,8 +138,67 @@ def _slice_axis(volume_or_shape):
     return shape, 0
 
 
-class ScannerDeformation:
-    """One "scanner" distribution of smooth in-plane deformations (see the module docstring).
+class InPlaneDeformation:
+    """A "scanner" distribution of smooth in-plane deformations: what its families share.
+
+    A family draws, for subject ``k``, a 2-D displacement of the axial plane (:meth:`plane_field`,
+    in pixels); this class lays it into a 3-D field along the volume's own slice axis, checks
+    that it does not fold, and applies it. Every family has a systematic component (what all
+    volumes of the scanner share, fixed by ``seed``) and a per-subject one.
+    """
+
+    #: the family's name in :data:`FAMILIES` and in the benchmarks' records
+    family = ""
+
+    def to_dict(self):
+        raise NotImplementedError
+
+    def plane_field(self, shape, axis, subject_index):
+        """In-plane displacement (2, *shape'), in pixels, along the two in-plane numpy axes in order.
+
+        ``shape'`` is ``shape`` with 1 along ``axis`` when the field is the same on every slice.
+        """
+        raise NotImplementedError
+
+    def field_for(self, volume, subject_index):
+        """The displacement field (3, nz, ny, nx), in voxels, for subject ``subject_index``.
+
+        ``volume`` is a :class:`Volume` (its direction decides which axis is the slice axis) or a
+        shape (nz, ny, nx) with axial slices along the first axis. The same index always gives the
+        same field; the component along the slice axis is zero. Raises :class:`DicycError` if the
+        deformation is too strong for this slice (the field would fold).
+        """
+        shape, axis = _slice_axis(volume)
+        in_plane = [a for a in range(3) if a != axis]
+        plane = self.plane_field(shape, axis, subject_index)
+        full = np.zeros((3,) + tuple(plane.shape[1:]), dtype=np.float32)
+        full[in_plane[0]] = plane[0]
+        full[in_plane[1]] = plane[1]
+        if self.magnitude_px > 0:
+            det_min = float(jacobian_determinant(full).min())
+            if det_min <= 0.05:
+                raise DicycError(
+                    f"a {self.magnitude_px:g}-pixel {self.describe()} folds on a "
+                    f"{shape[in_plane[0]]}x{shape[in_plane[1]]} slice (smallest Jacobian determinant {det_min:.2f}); "
+                    "use a smaller magnitude" + (" or a coarser grid." if self.family == "bspline" else ".")
+                )
+        if full.shape[1:] != shape:
+            full = np.ascontiguousarray(np.broadcast_to(full, (3,) + shape))
+        return full
+
+    def describe(self):
+        return f"{self.family} scanner deformation"
+
+    def deform(self, volume, subject_index, interpolation="linear"):
+        """``volume`` deformed with subject ``subject_index``'s field (see :func:`deform_volume`)."""
+        return deform_volume(volume, self.field_for(volume, subject_index), interpolation=interpolation)
+
+    def __repr__(self):
+        return type(self).__name__ + "(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "family") + ")"
+
+
+class ScannerDeformation(InPlaneDeformation):
+    """The ``bspline`` family: smooth random local distortions on a coarse control grid.
 
     ``seed`` fixes the systematic component; ``magnitude_px`` is the largest displacement (pixels of
     the volume's grid) of every draw; ``grid`` is the number of control points along each in-plane
@@ -152,6 +211,8 @@ class ScannerDeformation:
     the grid and scaled to a largest length of 1; the subject's field is
     ``magnitude_px * u / max|u|`` with ``u = systematic + jitter * subject``.
     """
+
+    family = "bspline"
 
     def __init__(self, seed=0, magnitude_px=6.0, grid=4, jitter=0.5, grid_z=1):
         self.seed = int(seed)
@@ -168,15 +229,15 @@ class ScannerDeformation:
 
     def to_dict(self):
         """The distribution's parameters as plain numbers (for a benchmark's config record)."""
-        return {"seed": self.seed, "magnitude_px": self.magnitude_px, "grid": self.grid, "jitter": self.jitter,
-                "grid_z": self.grid_z}
+        return {"family": self.family, "seed": self.seed, "magnitude_px": self.magnitude_px, "grid": self.grid,
+                "jitter": self.jitter, "grid_z": self.grid_z}
 
     @classmethod
     def from_dict(cls, data):
         return cls(**{k: data[k] for k in ("seed", "magnitude_px", "grid", "jitter", "grid_z") if k in data})
 
-    def __repr__(self):
-        return "ScannerDeformation(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
+    def describe(self):
+        return f"scanner deformation on a {self.grid}x{self.grid} control grid"
 
     # ----------------------------------------------------------------- draws
     def _control(self, rng):
@@ -198,37 +259,96 @@ class ScannerDeformation:
         biggest = float(field_magnitude(u).max())
         return u / biggest if biggest > 0 else u
 
-    def field_for(self, volume, subject_index):
-        """The displacement field (3, nz, ny, nx), in voxels, for subject ``subject_index``.
-
-        ``volume`` is a :class:`Volume` (its direction decides which axis is the slice axis) or a
-        shape (nz, ny, nx) with axial slices along the first axis. The same index always gives the
-        same field; the component along the slice axis is zero. Raises :class:`DicycError` if the
-        magnitude is too large for the control grid (the field would fold).
-        """
-        shape, axis = _slice_axis(volume)
-        in_plane = [a for a in range(3) if a != axis]
+    def plane_field(self, shape, axis, subject_index):
         u_sys = self._unit_plane_field(self._control(np.random.default_rng([self.seed, 0x5CA22E7])), shape, axis)
         subj_rng = np.random.default_rng([self.seed, 0x5CA22E7, 1 + int(subject_index)])
         u_sub = self._unit_plane_field(self._control(subj_rng), shape, axis)
         u = u_sys + self.jitter * u_sub
         biggest = float(field_magnitude(u).max())
-        plane = u * (self.magnitude_px / biggest) if biggest > 0 else u * 0.0
-        full = np.zeros((3,) + tuple(plane.shape[1:]), dtype=np.float32)
-        full[in_plane[0]] = plane[0]
-        full[in_plane[1]] = plane[1]
-        if self.magnitude_px > 0:
-            det_min = float(jacobian_determinant(full).min())
-            if det_min <= 0.05:
-                raise DicycError(
-                    f"a {self.magnitude_px:g}-pixel scanner deformation on a {self.grid}x{self.grid} control grid folds "
-                    f"on a {shape[in_plane[0]]}x{shape[in_plane[1]]} slice (smallest Jacobian determinant {det_min:.2f}); "
-                    "use a smaller magnitude or a coarser grid."
-                )
-        if full.shape[1:] != shape:
-            full = np.ascontiguousarray(np.broadcast_to(full, (3,) + shape))
-        return full
+        return u * (self.magnitude_px / biggest) if biggest > 0 else u * 0.0
 
-    def deform(self, volume, subject_index, interpolation="linear"):
-        """``volume`` deformed with subject ``subject_index``'s field (see :func:`deform_volume`)."""
-        return deform_volume(volume, self.field_for(volume, subject_index), interpolation=interpolation)
+
+class RadialDistortion(InPlaneDeformation):
+    """The ``radial`` family: MR gradient non-linearity, a global barrel or pincushion distortion.
+
+    Real MR scanners distort geometry away from the gradient isocentre, more the further from it
+    (Doran et al., Phys. Med. Biol. 50:1343, 2005; Janke et al., MRM 52:115, 2004). Unlike the
+    ``bspline`` family's local bumps, this is one global field, zero at the isocentre and largest
+    at the edges of the field of view. With q = (p − c) / R (R half the larger in-plane size, c
+    the isocentre):
+
+        u(p) = s · R · (k₁ q₁, k₂ q₂) · |q|        (the two in-plane numpy axes)
+
+    Its length grows with the square of the distance, a simplification: the scanners' own
+    leading term is cubic, which at the sizes of this benchmark would move only the brain's rim.
+
+    The scanner (``seed``) fixes the isocentre's offset from the slice centre (up to ±0.15 R per
+    axis), the anisotropy k₁, k₂ ∈ [0.6, 1] and the sign s (barrel −1 or pincushion +1); each
+    subject moves the isocentre by ``jitter`` · 0.1 R (standard deviation per axis) and scales
+    k₁, k₂ by 1 + ``jitter`` · 0.2 · N(0, 1), as a head placed differently in the same scanner.
+    ``magnitude_px`` is the largest displacement inside the central ellipse spanning 3/4 of the
+    slice's width and height, where the anatomy is; the edges beyond it move more.
+    """
+
+    family = "radial"
+
+    def __init__(self, seed=0, magnitude_px=4.0, jitter=0.5):
+        self.seed = int(seed)
+        self.magnitude_px = float(magnitude_px)
+        self.jitter = float(jitter)
+        if self.magnitude_px < 0:
+            raise ValueError(f"magnitude_px must be >= 0; got {magnitude_px}")
+        if self.jitter < 0:
+            raise ValueError(f"jitter must be >= 0; got {jitter}")
+
+    def to_dict(self):
+        return {"family": self.family, "seed": self.seed, "magnitude_px": self.magnitude_px, "jitter": self.jitter}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(**{k: data[k] for k in ("seed", "magnitude_px", "jitter") if k in data})
+
+    def plane_field(self, shape, axis, subject_index):
+        rng = np.random.default_rng([self.seed, 0x4AD1A1])
+        centre = rng.uniform(-0.15, 0.15, 2)
+        k = rng.uniform(0.6, 1.0, 2)
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        sub = np.random.default_rng([self.seed, 0x4AD1A1, 1 + int(subject_index)])
+        centre = centre + self.jitter * 0.1 * sub.standard_normal(2)
+        k = k * (1.0 + self.jitter * 0.2 * sub.standard_normal(2))
+        in_plane = [a for a in range(3) if a != axis]
+        n = np.array([shape[a] for a in in_plane], dtype=np.float64)
+        radius = n.max() / 2.0
+        idx = [np.arange(m, dtype=np.float64) for m in n]
+        q = [(i - (m - 1) / 2.0) / radius - c for i, m, c in zip(idx, n, centre)]
+        q1, q2 = np.meshgrid(q[0], q[1], indexing="ij")
+        r = np.sqrt(q1 * q1 + q2 * q2)
+        u = np.stack((sign * k[0] * q1 * r, sign * k[1] * q2 * r))
+        # the central ellipse over 3/4 of the slice, where the anatomy is
+        e1, e2 = np.meshgrid((idx[0] - (n[0] - 1) / 2.0) / (0.375 * n[0]), (idx[1] - (n[1] - 1) / 2.0) / (0.375 * n[1]),
+                             indexing="ij")
+        inside = e1 * e1 + e2 * e2 <= 1.0
+        biggest = float(np.sqrt((u * u).sum(0))[inside].max())
+        u = u * (self.magnitude_px / biggest) if biggest > 0 else u * 0.0
+        plane_shape = [1, 1, 1]
+        for a, m in zip(in_plane, n):
+            plane_shape[a] = int(m)
+        return u.reshape((2, *plane_shape))
+
+
+#: the scanner-deformation families of the quality benchmark, by name
+FAMILIES = {cls.family: cls for cls in (ScannerDeformation, RadialDistortion)}
+
+
+def scanner_deformation(family="bspline", **params):
+    """A family's distribution by name (``params`` as its constructor takes them)."""
+    try:
+        cls = FAMILIES[family]
+    except KeyError:
+        raise DicycError(f"unknown deformation family {family!r}; choose one of {', '.join(FAMILIES)}.") from None
+    return cls(**params)
+
+
+def deformation_from_dict(data):
+    """The distribution a ``to_dict()`` record describes (``bspline`` when it names no family)."""
+    return FAMILIES[data.get("family", "bspline")].from_dict(data)

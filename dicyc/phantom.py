@@ -36,9 +36,11 @@ Pseudo-subjects (subject ``k``, random generator seeded with ``[seed, k]``)
     The three sequences of a subject share one anatomy: pixel-aligned ground truth for each other.
 
 Outputs of :func:`make_cohort`: ``sub-XX_{pd,t2,t1}.nii.gz`` (int16: the signal rounded, as a scanner
-stores it; the noise sigma is 10 or more units), ``sub-XX_mask.nii.gz`` (uint8),
-``cohort.json`` (parameters, split, seeds, per-subject tissue parameters and noise sigma) and list
-files ``{train,test}_{pd,t2,t1,mask}.txt`` (absolute paths, one per line) for ``dicyc train --a``.
+stores it; the noise sigma is 10 or more units), ``sub-XX_{pd,t2,t1}_clean.nii.gz`` (float32: the
+same signal without noise and INU, the ground truth a synthesis is scored against as well),
+``sub-XX_mask.nii.gz`` (uint8), ``cohort.json`` (parameters, split, seeds, per-subject tissue
+parameters and noise sigma) and list files ``{train,test}_{pd,t2,t1,...,mask}.txt`` (absolute paths,
+one per line) for ``dicyc train --a``.
 """
 
 import hashlib
@@ -52,7 +54,7 @@ from dicyc.atomic import write_text
 from dicyc.volume import Volume, read_volume, write_volume
 
 #: Bumped whenever the simulation changes, so that cached cohorts are rebuilt.
-PHANTOM_VERSION = 2
+PHANTOM_VERSION = 3
 
 TISSUES = ("csf", "gm", "wm")
 
@@ -216,7 +218,9 @@ def simulate_subject(template, index, seed=0, noise=DEFAULTS["noise"], inu=DEFAU
                      return_fractions=False):
     """Pseudo-subject ``index`` of the cohort with ``seed``: ``(volumes, info)``.
 
-    ``volumes`` maps ``"pd"``, ``"t2"``, ``"t1"`` (float32) and ``"mask"`` (uint8) to Volumes on the
+    ``volumes`` maps ``"pd"``, ``"t2"``, ``"t1"`` (float32), their noise-free, bias-free signals
+    ``"pd_clean"``, ``"t2_clean"``, ``"t1_clean"`` (the ground truth a synthesis is best scored
+    against: the noise of a scanner-like reference caps SSIM) and ``"mask"`` (uint8) to Volumes on the
     template grid (and ``"fractions"`` to the warped tissue fractions with ``return_fractions``);
     ``info`` records the seed, the jittered tissue parameters, and each sequence's noise sigma.
     Set ``noise=0``, ``inu=0`` for the noise-free, uniform signal.
@@ -242,9 +246,10 @@ def simulate_subject(template, index, seed=0, noise=DEFAULTS["noise"], inu=DEFAU
     field = _inu_field(shape, mask, rng, inu)
     volumes, sigmas = {}, {}
     for seq, spec in SEQUENCES.items():
-        clean = spin_echo(fractions, params, spec["tr"], spec["te"]) * field
+        signal = spin_echo(fractions, params, spec["tr"], spec["te"])
         sigma = float(noise * tissue_signal(params[spec["noise_reference"]], spec["tr"], spec["te"]))
-        volumes[seq] = grid.with_array(rician(clean, sigma, rng).astype(np.float32))
+        volumes[seq] = grid.with_array(rician(signal * field, sigma, rng).astype(np.float32))
+        volumes[f"{seq}_clean"] = grid.with_array(signal.astype(np.float32))
         sigmas[seq] = sigma
     volumes["mask"] = grid.with_array(mask.astype(np.uint8))
     if return_fractions:
@@ -267,8 +272,12 @@ def cohort_name(n_subjects=12, n_test=4, spacing=1.8, seed=0, **options):
     return f"mni-{float(spacing):g}mm-n{int(n_subjects)}-test{int(n_test)}-seed{int(seed)}-{digest[:8]}"
 
 
+#: every volume a subject has: the three sequences, their noise-free signals and the brain mask
+VOLUME_KEYS = (*SEQUENCES, *(f"{seq}_clean" for seq in SEQUENCES), "mask")
+
+
 def _subject_files(name):
-    return {seq: f"{name}_{seq}.nii.gz" for seq in (*SEQUENCES, "mask")}
+    return {key: f"{name}_{key}.nii.gz" for key in VOLUME_KEYS}
 
 
 def load_cohort(out_dir):
@@ -284,7 +293,7 @@ def cohort_files(out_dir, split="train", sequence="pd"):
 
 def _write_lists(out_dir, subjects):
     for split in ("train", "test"):
-        for seq in (*SEQUENCES, "mask"):
+        for seq in VOLUME_KEYS:
             lines = "".join(f"{out_dir / s[seq]}\n" for s in subjects if s["split"] == split)
             path = out_dir / f"{split}_{seq}.txt"
             if not path.is_file() or path.read_text(encoding="utf-8") != lines:
@@ -320,7 +329,7 @@ def make_cohort(out_dir, n_subjects=12, n_test=4, spacing=1.8, seed=0, log=None,
         except (OSError, ValueError):
             old = None
         if old and old.get("params") == json.loads(json.dumps(params)) and all(
-            (out_dir / s[k]).is_file() for s in old["subjects"] for k in (*SEQUENCES, "mask")
+            (out_dir / s[k]).is_file() for s in old["subjects"] for k in VOLUME_KEYS
         ):
             _write_lists(out_dir, old["subjects"])
             log(f"phantom cohort {out_dir} is up to date ({n_subjects} subjects)")
@@ -339,7 +348,7 @@ def make_cohort(out_dir, n_subjects=12, n_test=4, spacing=1.8, seed=0, log=None,
         files = _subject_files(name)
         for seq, filename in files.items():
             vol = volumes[seq]
-            if seq != "mask":  # scanner-like integers; sigma is >= 10 units, so rounding is immaterial
+            if seq in SEQUENCES:  # scanner-like integers; sigma is >= 10 units, so rounding is immaterial
                 vol = vol.with_array(np.clip(np.rint(vol.array), 0, 32767).astype(np.int16))
             write_volume(vol, out_dir / filename)
         subjects.append({"name": name, "split": split, **files, **info})
