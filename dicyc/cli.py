@@ -10,6 +10,7 @@ import json
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from dicyc import __version__
 from dicyc.errors import DicycError
@@ -198,13 +199,25 @@ def _add_train(sub):
 
 
 def _cmd_train(args):
+    import contextlib
+    import os
+
+    from dicyc.runlock import RunLock
     from dicyc.train import prepare_run, train
 
     overrides = {key: getattr(args, key) for _, key, _, _ in TRAIN_OPTIONS}
     overrides["spacing"] = args.spacing
     overrides["augment"] = args.augment
-    config, a, b = prepare_run(args.out, args.method, args.a, args.b, args.config, overrides, resume=args.resume)
-    model = train(a, b, args.out, config, resume=args.resume, device=args.device, progress_jsonl=args.progress_jsonl, log=_log)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, and locks
+    if main_rank:
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DicycError(f"cannot create the run folder {args.out}: {exc.strerror or exc}.") from None
+    with RunLock(args.out) if main_rank else contextlib.nullcontext():  # one trainer per folder, for its whole life
+        config, a, b = prepare_run(args.out, args.method, args.a, args.b, args.config, overrides, resume=args.resume)
+        model = train(a, b, args.out, config, resume=args.resume, device=args.device,
+                      progress_jsonl=args.progress_jsonl, log=_log)
     print(model)
     return 0
 
@@ -280,6 +293,17 @@ def _cmd_synthesize(args):
     return 0
 
 
+def _positive_int(text):
+    """argparse type: an integer of at least 1, refused in one sentence otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def _add_bench(sub):
     p = sub.add_parser(
         "bench",
@@ -300,7 +324,29 @@ def _add_bench(sub):
         q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
         q.add_argument("--out", metavar="DIR", help="folder for models, volumes and figures (default: a folder in the cache)")
         if name in ("quality", "head"):
-            q.add_argument("--methods", nargs="+", metavar="M", help="methods to compare (default: the protocol's)")
+            q.add_argument("--methods", nargs="+", metavar="M",
+                           help="methods to compare (default: the protocol's); a variant with options is "
+                                "written NAME[key=value,...], e.g. dicyc[dicyc_loss=commutation]")
+        if name == "quality":
+            q.add_argument("--seeds", type=_positive_int, metavar="N",
+                           help="train every method with N seeds (0..N-1); rows per seed and mean ± sd over seeds "
+                                "(default 1)")
+            q.add_argument("--families", nargs="+", metavar="F",
+                           help="scanner-deformation families to test, or 'all' (default: --quick bspline, "
+                                "full both); see dicyc/deform.py")
+            q.add_argument("--settings", nargs="+", choices=["deformed", "undeformed"],
+                           help="the deformed setting, the undeformed control, or both (default both)")
+            q.add_argument("--iterations", type=_positive_int, metavar="N", help="training iterations (budget)")
+            q.add_argument("--batch-size", type=_positive_int, metavar="N", help="training batch size")
+            q.add_argument("--deformation-px", type=float, metavar="PX",
+                           help="the scanner deformation's magnitude, pixels of the phantom grid")
+            q.add_argument("--n-test", type=_positive_int, metavar="N", help="test subjects (default 8)")
+            q.add_argument("--cohort-seed", type=int, metavar="N",
+                           help="seed of the pseudo-subjects (default 0); another seed is an unseen cohort")
+            q.add_argument("--scanner-seed", type=int, metavar="N",
+                           help="seed of the scanner deformation's systematic component (default 1)")
+            q.add_argument("--jobs", type=_positive_int, metavar="N",
+                           help="training runs side by side on a CPU (default: one per core)")
         q.set_defaults(handler=_cmd_bench)
 
 

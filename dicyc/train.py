@@ -387,6 +387,7 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
     from dicyc.losses import ImagePool
     from dicyc.methods import get_method
     from dicyc.modelfile import save_model
+    from dicyc.runlock import RunLock
     from dicyc.samples import default_cache_dir
     from dicyc.schedule import Schedule
 
@@ -396,6 +397,13 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
     dist = Distributed(resolve_device(device))
     dev = dist.device
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out_dir) if dist.is_main else None  # one trainer per run folder (re-entrant for the CLI)
+    if lock is not None:
+        try:
+            lock.acquire()
+        except DicycError:
+            dist.close()
+            raise
     events = EventLog([out_dir / "events.jsonl", progress_jsonl] if dist.is_main else [])
     started = time.monotonic()
     try:
@@ -520,6 +528,8 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
     finally:
         events.close()
         dist.close()
+        if lock is not None:
+            lock.release()
 
 
 def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=False):
