@@ -8,31 +8,91 @@ import numpy as np
 import pytest
 
 TINY_QUALITY = {"n_subjects": 4, "n_test": 2, "spacing": 8.0, "slice_size": 28, "ngf": 4, "n_blocks": 1, "ndf": 4,
-                "iterations": 2, "batch_size": 1, "deformation_px": 2.0}
+                "iterations": 2, "batch_size": 1, "deformation_px": 1.0, "families": ["bspline"]}
 
 
-def _args(tmp_path, methods=None):
-    return argparse.Namespace(quick=True, out=str(tmp_path), device="cpu", methods=methods, json=None)
+def _args(tmp_path, methods=None, **extra):
+    return argparse.Namespace(quick=True, out=str(tmp_path), device="cpu", methods=methods, json=None, **extra)
 
 
-def test_quality_protocol_structure_and_scores(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory):
     from dicyc.bench import quality
 
-    result = quality.run(_args(tmp_path), log=lambda m: None, settings=TINY_QUALITY)
+    out = tmp_path_factory.mktemp("quality")
+    return quality.run(_args(out, seeds=2), log=lambda m: None, settings=TINY_QUALITY), out
+
+
+def test_quality_protocol_structure_and_scores(tiny_result):
+    from dicyc.bench import quality
+
+    result, out = tiny_result
     rows = result["results"]
-    assert {(r["method"], r["direction"], r["deformed"]) for r in rows} == {
-        (m, d, s) for m in ("cyclegan", "dicyc") for d in ("PD->T2", "T2->PD") for s in (True, False)
+    assert {(r["method"], r["direction"], r["setting"], r["family"]) for r in rows} == {
+        (m, d, s, f) for m in ("cyclegan", "dicyc") for d in ("PD->T2", "T2->PD")
+        for s, f in (("deformed", "bspline"), ("undeformed", None))
     }
     for r in rows:
-        assert set(r) >= {"method", "direction", "deformed", "mse", "psnr", "ssim", "mse_sd", "psnr_sd", "ssim_sd", "n"}
-        assert r["n"] == 2 and np.isfinite([r["mse"], r["psnr"], r["ssim"]]).all()
-    assert {t["metric"] for t in result["tests"]} == {"mse", "psnr", "ssim"}
-    assert result["config"]["iterations"] == 2 and "machine" in result
+        assert set(r) >= {"method", "direction", "deformed", "n", "seeds", *[m for m in quality.METRICS if m != "reproduced"],
+                          "ssim_sd", "ssim_seed_sd", "ssim_clean_sd"}
+        assert r["n"] == 4 and r["seeds"] == [0, 1]  # 2 test subjects x 2 seeds
+        assert np.isfinite([r["mse"], r["psnr"], r["ssim"], r["ssim_clean"], r["displacement_mm"]]).all()
+        assert ("reproduced" in r) == r["deformed"]
+    assert {t["metric"] for t in result["tests"]} >= {"mse", "psnr", "ssim", "ssim_clean", "displacement_mm"}
+    assert all(t["n"] == 4 for t in result["tests"])  # paired over subject x seed cases
+    assert result["config"]["iterations"] == 2 and result["config"]["seeds"] == 2 and "machine" in result
     json.dumps(result)  # JSON-ready
     assert "PD->T2" in quality.summary(result)
-    for setting in ("deformed", "undeformed"):  # one figure per setting, a real PNG
+    for setting in ("deformed:bspline", "undeformed"):  # one figure per setting, a real PNG
         figure = Path(result["figures"][setting])
-        assert figure.parent == tmp_path / "figures" and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert figure.parent == out / "figures" and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quality_rows_per_seed(tiny_result):
+    result, _ = tiny_result
+    per_seed = result["per_seed"]
+    assert {r["seed"] for r in per_seed} == {0, 1}
+    assert all(r["n"] == 2 for r in per_seed)
+    # the overall mean is the mean of the seeds' means (equal subjects per seed)
+    for row in result["results"]:
+        seeds = [r for r in per_seed if all(r[k] == row[k] for k in ("setting", "family", "method", "direction"))]
+        assert row["ssim"] == pytest.approx(np.mean([r["ssim"] for r in seeds]))
+
+
+def test_quality_shows_what_the_deformed_pass_learned(tiny_result):
+    result, _ = tiny_result
+    learned = result["learned"]
+    assert {(x["method"], x["direction"]) for x in learned} == {("dicyc", "PD->T2"), ("dicyc", "T2->PD")}
+    assert all(np.isfinite(x["reproduced"]) for x in learned) and len(learned) == 2 * 2 * 2  # subjects x dirs x seeds
+    figure = Path(result["figures"]["learned/deformed:bspline/dicyc"])
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_method_variants_are_parsed_and_refused_in_one_sentence():
+    from dicyc.bench.quality import parse_method
+    from dicyc.errors import DicycError
+
+    assert parse_method("dicyc") == ("dicyc", "dicyc", {})
+    label, name, options = parse_method("dicyc[dicyc_loss=commutation, lambda_align=2]")
+    assert name == "dicyc" and options == {"dicyc_loss": "commutation", "lambda_align": 2}
+    assert label == 'dicyc[dicyc_loss="commutation",lambda_align=2]'
+    for bad in ("dicyc[lambda_align]", "Dicyc!", "dicyc[=2]"):
+        with pytest.raises(DicycError):
+            parse_method(bad)
+
+
+def test_paired_tests_pick_the_pairs_of_the_ablation():
+    from dicyc.bench.quality import _paired_tests
+
+    cases = []
+    for method, shift in (("cyclegan", 0.0), ("nmi-cyclegan", 0.01), ("dicyc", 0.1), ("dicyc[lambda_align=2]", 0.05)):
+        for subject in range(3):
+            for seed in range(2):
+                cases.append({"setting": "deformed", "family": "bspline", "direction": "pd2t2", "method": method,
+                              "subject": f"s{subject}", "seed": seed, "ssim_clean": 0.5 + shift + 0.01 * subject + 0.003 * seed})
+    tests = {(t["method"], t["versus"], t["kind"]) for t in _paired_tests(cases, [c["method"] for c in cases[::6]])}
+    assert tests == {("dicyc", "nmi-cyclegan", "best baseline"), ("dicyc", "nmi-cyclegan", "counterpart"),
+                     ("dicyc[lambda_align=2]", "dicyc", "variant")}
 
 
 def test_quality_score_is_zscored_in_the_mask():
