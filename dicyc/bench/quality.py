@@ -44,11 +44,11 @@ from dicyc.errors import DicycError
 SETTINGS = {
     "quick": {
         "n_subjects": 14, "n_test": 8, "spacing": 3.6, "slice_size": 64, "ngf": 16, "n_blocks": 3, "ndf": 16,
-        "iterations": 3000, "batch_size": 1, "deformation_px": 4.0, "families": ["bspline"],
+        "iterations": 3000, "batch_size": 1, "deformation_px": 4.0, "families": ["bspline"], "augment": False,
     },
     "full": {
         "n_subjects": 32, "n_test": 8, "spacing": 1.8, "slice_size": 128, "ngf": 64, "n_blocks": 9, "ndf": 64,
-        "iterations": 40000, "batch_size": 1, "deformation_px": 8.0, "families": ["bspline", "radial"],
+        "iterations": 40000, "batch_size": 1, "deformation_px": 8.0, "families": ["bspline", "radial"], "augment": True,
     },
 }
 DEFAULT_METHODS = ("cyclegan", "dicyc")
@@ -144,6 +144,7 @@ def _config(name, options, s, seed):
     extra = {"n_blocks": max(s["n_blocks"], 2)} if name == "unit" else {}
     if name == "cycle-medgan":
         extra["extractor_steps"] = 100
+    extra["augment"] = s.get("augment", True)
     extra.update(options)
     return training_config(name, s, modality_a="PD", modality_b="T2", seed=seed, **extra)
 
