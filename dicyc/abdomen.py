@@ -111,14 +111,15 @@ def _components(mask):
 
 
 def _convex_hull_mask(mask):
-    """The filled convex hull of a 2-D mask's pixels."""
-    from scipy.spatial import Delaunay
+    """The filled convex hull of a 2-D mask's pixels (the half-planes of scipy's ConvexHull)."""
+    from scipy.spatial import ConvexHull
 
     ys, xs = np.nonzero(mask)
-    tri = Delaunay(np.column_stack([ys, xs]).astype(float))
+    hull = ConvexHull(np.column_stack([ys, xs]).astype(float))
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     gy, gx = np.mgrid[y0:y1, x0:x1]
-    inside = tri.find_simplex(np.column_stack([gy.ravel(), gx.ravel()]).astype(float)) >= 0
+    points = np.column_stack([gy.ravel(), gx.ravel()]).astype(float)
+    inside = np.all(points @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-9, axis=1)
     out = np.zeros(mask.shape, dtype=bool)
     out[y0:y1, x0:x1] = inside.reshape(gy.shape)
     return out | mask

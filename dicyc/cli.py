@@ -326,6 +326,8 @@ def _add_bench(sub):
     for name, text in (
         ("quality", "PD<->T2 under domain-specific deformation on the multi-sequence phantom (the papers' protocol)"),
         ("head", "real head MR->CT: alignment with the source MR and CT realism, CycleGAN vs DiCyc"),
+        ("abdomen", "abdominal T2*<->CT on the aorta-and-spine phantom (the 2021 paper's Table 2): aorta MSE/PSNR/SSIM, "
+                    "aorta and spine Dice against the source, table hallucination, checkerboards"),
         ("speed", "synthesis slices/s against an fp32 eager reference, memory, training cost per method"),
     ):
         q = which.add_parser(name, help=text, description=text)
@@ -333,6 +335,13 @@ def _add_bench(sub):
         q.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE")
         q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
         q.add_argument("--out", metavar="DIR", help="folder for models, volumes and figures (default: a folder in the cache)")
+        if name == "abdomen":
+            q.add_argument("--methods", nargs="+", metavar="M",
+                           help="methods to compare (default: cyclegan gcc-cyclegan mind-cyclegan dicyc)")
+            q.add_argument("--iterations", type=_positive_int, metavar="N", help="training iterations (budget)")
+            q.add_argument("--n-test", type=_positive_int, metavar="N", help="test subjects (default 8, full 10)")
+            q.add_argument("--jobs", type=_positive_int, metavar="N",
+                           help="training runs side by side on a CPU (default: one per core)")
         if name in ("quality", "head"):
             q.add_argument("--methods", nargs="+", metavar="M",
                            help="methods to compare (default: the protocol's); a variant with options is "
