@@ -147,8 +147,9 @@ def segment_slice(hu, spacing_mm):
     * gas: HU < -400 inside the body; fat: -250 ... -40 HU;
     * spine: the cortical components (HU >= 350) within 40 mm of the body's midline behind its
       centre; its bone is HU >= 140 inside their convex hull (which keeps out the aorta lying
-      on the vertebral body), its canal the hole that bone encloses (after a 2 mm closing); ribs: the other cortical components, grown to HU >= 140;
-      bone is cortex above 400 HU and marrow below;
+      on the vertebral body), its canal the hole that bone encloses (after a 2 mm closing);
+      ribs: the other cortical components, grown to HU >= 140; bone is cortex above 400 HU and
+      marrow below;
     * aorta: the enhanced-blood component (160 ... 420 HU) nearest in front of the vertebral
       body, within 35 mm of the spine's midline;
     * kidneys: the components of 125 ... 300 HU (2 mm smoothing) beside the spine (35 ... 120 mm
@@ -367,13 +368,11 @@ class Template:
         self.px = float(px)
         self.z0 = float(z0)
         # ---- the output grid's field of view, centred on the body left-right, from above the body to below the table
-        ys = np.nonzero((labels != AIR).any(axis=1))[0]
         top = float(np.nonzero(np.isin(labels, BODY_CLASSES).any(axis=1))[0].min())
         width, height = GRID_SIZE[0] * GRID_SPACING[0], GRID_SIZE[1] * GRID_SPACING[1]
         x0_mm = origin_xy[0] + lm["body_center"][1] * px - width / 2.0 + GRID_SPACING[0] / 2.0
         y0_mm = origin_xy[1] + top * px - 12.0 + GRID_SPACING[1] / 2.0
         self.grid_origin_xy = (x0_mm, y0_mm)
-        del ys
         # ---- fine crop covering the grid (+ margin), padded with air where it leaves the real image
         margin = 6
         c0 = int(np.floor((x0_mm - GRID_SPACING[0] / 2 - origin_xy[0]) / px)) - margin

@@ -43,10 +43,11 @@ Results: mean (sd) over test subjects, paired t-tests over subjects of DiCyc aga
 baseline (by aorta SSIM), per direction and metric. A control row, ``other-posture``, scores the
 target modality's own scan in its own posture (the real CT, table included, for T2*→CT; the MR
 for CT→T2*) as if it were a synthesis: what a synthesis that reproduced the other domain's
-posture completely would score (``reproduced`` near 1, aorta Dice well under 1). Figures: one checkerboard panel per method
-and direction (synthesis against its source, the paper's Fig. 6), zoomed on the aorta and spine
-with both outlined, and each method's ``dicyc compare`` report centred on the aorta with the
-spine in its own views.
+posture completely would score (``reproduced`` near 1, aorta Dice well under 1).
+
+Figures: one checkerboard panel per method and direction (synthesis against its source, the
+paper's Fig. 6), zoomed on the aorta and spine with both outlined, and each method's ``dicyc
+compare`` report centred on the aorta with the spine in its own views.
 """
 
 import time
