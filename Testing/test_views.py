@@ -250,6 +250,58 @@ def test_compare_files_with_mask_file_and_single_slice(tmp_path):
     assert img.shape[0] < img.shape[1] / 2  # one (axial) row only: a wide, short figure
 
 
+def test_center_on_a_structure_and_a_second_one_in_its_own_views(tmp_path):
+    """--center-on puts the planes through the structure (the aorta), --also adds rows through another (the spine)."""
+    a, b = phantom(), phantom(ct=True, shift=(0, 1, 0))
+    nz, ny, nx = a.shape
+    z, y, x = np.meshgrid(*(np.arange(n) for n in a.shape), indexing="ij")
+    aorta = ((x - 0.42 * nx) ** 2 + (y - 0.5 * ny) ** 2 < (0.06 * nx) ** 2) & (z >= 4) & (z < 16)
+    spine = ((x - nx / 2) ** 2 + (y - 0.68 * ny) ** 2 < (0.08 * nx) ** 2) & (z >= 2) & (z < 10)
+    plain = png_is_not_blank(views.compare_volumes(a, b, tmp_path / "plain", tiles=4, zoom_mm=20)["montage"])
+    paths = views.compare_volumes(a, b, tmp_path / "two", tiles=4, center_on=aorta, also=spine, center_name="aorta",
+                                  also_name="spine", zoom_mm=20)
+    summary = json.loads(paths["metrics"].read_text())
+    k, j, i = (int(np.floor(c.mean() + 0.5)) for c in np.nonzero(aorta))
+    assert summary["point_ijk"] == [i, j, k]  # the aorta's centroid, not the centre of A
+    roles = {s["role"]: s for s in summary["structures"]}
+    assert roles["center_on"]["name"] == "aorta" and roles["also"]["name"] == "spine"
+    k2, j2, i2 = (int(np.floor(c.mean() + 0.5)) for c in np.nonzero(spine))
+    assert roles["also"]["centroid_ijk"] == [i2, j2, k2] and roles["also"]["n_voxels"] == int(spine.sum())
+    assert summary["zoom_mm"] == 20.0 and summary["region"] == "whole volume"
+    two = png_is_not_blank(paths["montage"])
+    assert two.shape[0] > 1.6 * plain.shape[0]  # three more rows: the spine's own views
+    # a point given explicitly still wins; a structure off the grid or empty is refused before any output
+    summary = json.loads(views.compare_volumes(a, b, tmp_path / "p", center_on=aorta, point=(3, 4, 5))["metrics"].read_text())
+    assert summary["point_ijk"] == [3, 4, 5]
+    with pytest.raises(DicycError, match="spine mask has no voxels"):
+        views.compare_volumes(a, b, tmp_path / "empty", also=np.zeros(a.shape, bool), also_name="spine")
+    with pytest.raises(DicycError, match="zoom"):
+        views.compare_volumes(a, b, tmp_path / "zoom", zoom_mm=-3)
+    assert files_in(tmp_path / "empty") == [] and files_in(tmp_path / "zoom") == []
+
+
+def test_cli_compare_center_on_and_also_mask_files(tmp_path, run_dicyc):
+    a, b = tmp_path / "mr.nii.gz", tmp_path / "ct.nii.gz"
+    vol = phantom()
+    write_volume(vol, a)
+    write_volume(phantom(ct=True, shift=(0, 0, 1)), b)
+    seg = np.zeros(vol.shape, np.uint8)
+    seg[8:12, 12:16, 9:12] = 1
+    write_volume(vol.with_array(seg), tmp_path / "aorta.nii.gz")
+    seg2 = np.zeros(vol.shape, np.uint8)
+    seg2[3:9, 17:22, 10:14] = 3  # a label value other than 1 counts too
+    write_volume(vol.with_array(seg2), tmp_path / "spine.nii.gz")
+    out = tmp_path / "out"
+    proc = run_dicyc("compare", "--a", a, "--b", b, "--out", out, "--center-on", tmp_path / "aorta.nii.gz",
+                     "--also", tmp_path / "spine.nii.gz", "--zoom", "30", "--error-units", "window")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["point_ijk"] == [10, 14, 10]
+    assert [s["name"] for s in summary["structures"]] == ["aorta", "spine"]
+    proc = run_dicyc("compare", "--a", a, "--b", b, "--out", tmp_path / "bad", "--zoom", "0")
+    assert proc.returncode == 1 and "--zoom" in proc.stderr and "Traceback" not in proc.stderr
+
+
 # ===================================================================== command line
 def test_cli_compare_end_to_end(tmp_path, run_dicyc):
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nrrd"

@@ -113,7 +113,14 @@ def _add_compare(sub):
     p.add_argument("--tiles", type=int, default=8, metavar="N", help="checkerboard tiles along each axis (default 8)")
     p.add_argument("--mask", metavar="M", help="ROI: metrics inside it, planes through its centre")
     p.add_argument("--point", metavar="I,J,K", help="voxel index (of A) the planes go through "
-                   "(default: the ROI centre, else the centre of A)")
+                   "(default: the --center-on segment's centre, else the ROI centre, else the centre of A)")
+    p.add_argument("--center-on", metavar="SEG", help="a segment mask (e.g. aorta.nii.gz): the planes go through its "
+                   "centroid and it is outlined in every view")
+    p.add_argument("--also", metavar="SEG", help="a second segment mask (e.g. spine.nii.gz): extra axial, coronal and "
+                   "sagittal views through its centroid, outlined in another colour, so both alignments are judged "
+                   "in one figure")
+    p.add_argument("--zoom", type=float, metavar="MM", help="show MM millimetres around each view's point "
+                   "(e.g. 80 for an aorta) instead of the whole plane")
     p.add_argument("--error-units", choices=("raw", "window"), default="raw",
                    help="error image in the volumes' own units (raw, default; right for CT vs CT) or on "
                    "each volume's [0, 1] display window (window; for different modalities)")
@@ -133,8 +140,11 @@ def _cmd_compare(args):
             raise DicycError(f"--point {args.point!r} is not three comma-separated voxel indices like 100,120,40.") from None
     if args.tiles < 1:
         raise DicycError(f"--tiles must be at least 1; got {args.tiles}.")
+    if args.zoom is not None and not args.zoom > 0:
+        raise DicycError(f"--zoom must be a positive number of millimetres; got {args.zoom}.")
     written = views.compare_files(
-        args.a, args.b, args.out, tiles=args.tiles, mask_path=args.mask, point=point, error_units=args.error_units
+        args.a, args.b, args.out, tiles=args.tiles, mask_path=args.mask, point=point, error_units=args.error_units,
+        center_on_path=args.center_on, also_path=args.also, zoom_mm=args.zoom,
     )
     for path in written.values():
         print(path)
@@ -316,6 +326,8 @@ def _add_bench(sub):
     for name, text in (
         ("quality", "PD<->T2 under domain-specific deformation on the multi-sequence phantom (the papers' protocol)"),
         ("head", "real head MR->CT: alignment with the source MR and CT realism, CycleGAN vs DiCyc"),
+        ("abdomen", "abdominal T2*<->CT on the aorta-and-spine phantom (the 2021 paper's Table 2): aorta MSE/PSNR/SSIM, "
+                    "aorta and spine Dice against the source, table hallucination, checkerboards"),
         ("speed", "synthesis slices/s against an fp32 eager reference, memory, training cost per method"),
     ):
         q = which.add_parser(name, help=text, description=text)
@@ -323,6 +335,13 @@ def _add_bench(sub):
         q.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE")
         q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
         q.add_argument("--out", metavar="DIR", help="folder for models, volumes and figures (default: a folder in the cache)")
+        if name == "abdomen":
+            q.add_argument("--methods", nargs="+", metavar="M",
+                           help="methods to compare (default: cyclegan gcc-cyclegan mind-cyclegan dicyc)")
+            q.add_argument("--iterations", type=_positive_int, metavar="N", help="training iterations (budget)")
+            q.add_argument("--n-test", type=_positive_int, metavar="N", help="test subjects (default 8, full 10)")
+            q.add_argument("--jobs", type=_positive_int, metavar="N",
+                           help="training runs side by side on a CPU (default: one per core)")
         if name in ("quality", "head"):
             q.add_argument("--methods", nargs="+", metavar="M",
                            help="methods to compare (default: the protocol's); a variant with options is "

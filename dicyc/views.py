@@ -180,12 +180,25 @@ def compare_volumes(
     error_units="raw",
     a_name="A",
     b_name="B",
+    center_on=None,
+    also=None,
+    center_name="structure",
+    also_name="second structure",
+    zoom_mm=None,
 ):
     """Write the checkerboard, the error image, the montage PNG and metrics.json of A against B.
 
     ``mask`` is a boolean array on A's grid (metrics inside it, planes through its centroid);
     ``point`` a voxel index (i, j, k) of A the planes go through. B is resampled (linear) onto
     A's grid with a warning where the grids differ. Returns the written paths by kind.
+
+    Two structures can be judged at once, which is how an abdominal synthesis is checked (is the
+    aorta aligned *and* the spine?): ``center_on`` (a boolean array on A's grid, e.g. the aorta)
+    puts the planes through that structure's centroid (unless ``point`` is given) and outlines it
+    in every panel; ``also`` (e.g. the spine) adds a second set of axial, coronal and sagittal
+    rows through its own centroid, outlined in another colour. ``zoom_mm`` crops every panel to
+    that many millimetres around its point, so a 20 mm aorta fills the panel. The names label the
+    rows and go into metrics.json with each structure's centroid.
     """
     from dicyc.atomic import write_bytes, write_text
     from dicyc.metrics import compute_metrics
@@ -212,7 +225,23 @@ def compare_volumes(
             raise DicycError(f"the mask's shape {mask.shape} does not match A's grid {a_vol.shape}.")
         if not mask.any():
             raise DicycError("the mask has no voxels inside A.")
-    point = _default_point(a_vol, mask) if point is None else _check_point(point, a_vol)
+    structures = []
+    for label, m, name in (("center_on", center_on, center_name), ("also", also, also_name)):
+        if m is None:
+            continue
+        m = np.asarray(m, dtype=bool)
+        if m.shape != a_vol.shape:
+            raise DicycError(f"the {name} mask's shape {m.shape} does not match A's grid {a_vol.shape}.")
+        if not m.any():
+            raise DicycError(f"the {name} mask has no voxels inside A.")
+        structures.append({"role": label, "name": str(name), "mask": m, "point": _default_point(a_vol, m)})
+    if zoom_mm is not None and not (np.isfinite(float(zoom_mm)) and float(zoom_mm) > 0):
+        raise DicycError(f"the zoom must be a positive number of millimetres; got {zoom_mm!r}.")
+    centre = next((st for st in structures if st["role"] == "center_on"), None)
+    if point is None:
+        point = centre["point"] if centre is not None else _default_point(a_vol, mask)
+    else:
+        point = _check_point(point, a_vol)
 
     resampled = not a_vol.same_grid(b_vol)
     b_display_window = display_window(b_vol.array)  # from B's own voxels, before padding by resampling
@@ -245,6 +274,9 @@ def compare_volumes(
         "b_resampled": bool(resampled),
         "region": "mask" if mask is not None else "whole volume",
         "point_ijk": list(point),
+        "structures": [{"role": st["role"], "name": st["name"], "centroid_ijk": list(st["point"]),
+                        "n_voxels": int(st["mask"].sum())} for st in structures],
+        "zoom_mm": None if zoom_mm is None else float(zoom_mm),
         "tiles": tiles,
         "error_units": error_units,
         "display_window_a": list(a_window),
@@ -254,6 +286,7 @@ def compare_volumes(
     png = render_montage(
         a_vol, a01, b01, board, error, point, mask=mask, metrics=metrics, a_name=a_name, b_name=b_name,
         error_units=error_units, tiles=tiles, resampled=resampled, windows=(a_window, b_display_window),
+        structures=structures, zoom_mm=zoom_mm,
     )
     metrics_text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
 
@@ -272,26 +305,43 @@ def compare_volumes(
     return paths
 
 
-def compare_files(a_path, b_path, out_dir, tiles=8, mask_path=None, point=None, error_units="raw"):
-    """Read A, B (and an optional mask onto A's grid) and run :func:`compare_volumes`.
+def compare_files(a_path, b_path, out_dir, tiles=8, mask_path=None, point=None, error_units="raw",
+                  center_on_path=None, also_path=None, zoom_mm=None):
+    """Read A, B (and optional masks onto A's grid) and run :func:`compare_volumes`.
 
-    2-D images (PNG, single DICOM slices) are accepted as single-slice volumes.
+    2-D images (PNG, single DICOM slices) are accepted as single-slice volumes. ``center_on_path``
+    and ``also_path`` are segment masks (label maps; any non-zero voxel) named after their files.
     """
     from dicyc.volume import read_mask, read_volume
 
     a_vol = read_volume(a_path, allow_2d=True)
     b_vol = read_volume(b_path, allow_2d=True)
     mask = read_mask(mask_path, a_vol, reference_name=str(a_path)) if mask_path is not None else None
+    center_on = read_mask(center_on_path, a_vol, reference_name=str(a_path)) if center_on_path is not None else None
+    also = read_mask(also_path, a_vol, reference_name=str(a_path)) if also_path is not None else None
     if point is not None:
         point = _check_point(point, a_vol, label="--point")
     return compare_volumes(
         a_vol, b_vol, out_dir, tiles=tiles, mask=mask, point=point, error_units=error_units,
-        a_name=str(a_path), b_name=str(b_path),
+        a_name=str(a_path), b_name=str(b_path), center_on=center_on, also=also,
+        center_name=_structure_name(center_on_path), also_name=_structure_name(also_path), zoom_mm=zoom_mm,
     )
+
+
+def _structure_name(path):
+    """A structure's display name from its mask file: ``aorta.nii.gz`` → ``aorta``."""
+    if path is None:
+        return None
+    from dicyc.atomic import split_extension
+
+    return split_extension(Path(str(path)))[0] or "structure"
 
 
 # ===================================================================== montage
 _PLANES = ("axial", "coronal", "sagittal")
+#: outline colours of the structures of ``center_on`` and ``also`` (and their names in the title)
+STRUCTURE_COLOURS = ("#ff3bd4", "#ffa500")
+STRUCTURE_COLOUR_NAMES = ("magenta", "orange")
 #: Screen orientation letters (left, right, top, bottom) of each plane, radiological convention.
 _LETTERS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
 
@@ -336,7 +386,7 @@ def _format_value(value):
 
 def render_montage(
     a_vol, a01, b01, board, error, point, mask=None, metrics=None, a_name="A", b_name="B",
-    error_units="raw", tiles=8, resampled=False, windows=None,
+    error_units="raw", tiles=8, resampled=False, windows=None, structures=None, zoom_mm=None,
 ):
     """Draw the comparison montage and return it as PNG bytes (nothing is written to disk).
 
@@ -344,15 +394,18 @@ def render_montage(
 
     Rows axial / coronal / sagittal (axial only for a single slice), columns A, B, checkerboard
     and error, each plane in radiological orientation with its physical aspect ratio.
+    ``structures`` (from :func:`compare_volumes`: dicts with ``role``, ``name``, ``mask``,
+    ``point``) are outlined in every panel, and the ``also`` structure gets its own rows through
+    its centroid; ``zoom_mm`` crops every panel to that many millimetres around its point.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    structures = list(structures or [])
     axes_map = lps_axes(a_vol.direction)
     size = a_vol.size
     lps_spacing = tuple(a_vol.spacing[src] for src, _ in axes_map)
     lps_size = tuple(size[src] for src, _ in axes_map)
-    idx = _point_to_lps(point, size, axes_map)
     views = {
         "A": _to_lps(a01, axes_map),
         "B": _to_lps(b01, axes_map),
@@ -360,9 +413,16 @@ def render_montage(
         "error": _to_lps(error, axes_map),
     }
     mask_view = _to_lps(mask, axes_map) if mask is not None else None
+    outlines = [(_to_lps(st["mask"], axes_map), STRUCTURE_COLOURS[i % len(STRUCTURE_COLOURS)], st["name"])
+                for i, st in enumerate(structures)]
     # a single slice (nz == 1; or a single sagittal/coronal slice) has only its own plane to show
     flat = [t for t in range(3) if lps_size[t] == 1]
     planes = (("sagittal", "coronal", "axial")[flat[-1]],) if flat else _PLANES
+    # the rows: every plane through the main point, then through the second structure's centroid
+    row_specs = [(plane, point, None) for plane in planes]
+    for st in structures:
+        if st["role"] == "also":
+            row_specs += [(plane, st["point"], st["name"]) for plane in planes]
 
     err_values = error[mask] if mask is not None else error
     err_max = float(np.percentile(err_values, 99.5)) if err_values.size else 0.0
@@ -371,25 +431,34 @@ def render_montage(
     err_label = "|A − B| in the volumes' own units" if error_units == "raw" else "|A − B| in display-window units"
 
     cell_w = 3.0
-    geoms = [_plane_geometry(p, lps_spacing, lps_size, idx) for p in planes]
-    heights = [cell_w * min(max(h / w, 0.3), 2.0) for (_, _, _, w, h) in geoms]
+    geoms = [_plane_geometry(p, lps_spacing, lps_size, _point_to_lps(pt, size, axes_map)) for p, pt, _ in row_specs]
+    if zoom_mm is not None:
+        heights = [cell_w] * len(row_specs)
+    else:
+        heights = [cell_w * min(max(h / w, 0.3), 2.0) for (_, _, _, w, h) in geoms]
     table_h = 1.35
-    title_h = 1.0
+    title_h = 1.0 + (0.25 if structures or zoom_mm is not None else 0.0)
     fig_w = 4 * cell_w + 1.3
-    fig_h = title_h + sum(heights) + 0.35 * len(planes) + table_h
+    fig_h = title_h + sum(heights) + 0.35 * len(row_specs) + table_h
     fig = Figure(figsize=(fig_w, fig_h), dpi=100, facecolor="white")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(
-        len(planes) + 1, 5, height_ratios=[h + 0.35 for h in heights] + [table_h],
+        len(row_specs) + 1, 5, height_ratios=[h + 0.35 for h in heights] + [table_h],
         width_ratios=[1, 1, 1, 1, 0.07], left=0.05, right=0.95, bottom=0.02, top=1 - title_h / fig_h,
         wspace=0.08, hspace=0.12,
     )
 
     i, j, k = point
+    notes = [f"{st['name']} outlined in {STRUCTURE_COLOUR_NAMES[n % len(STRUCTURE_COLOURS)]}"
+             for n, st in enumerate(structures)]
+    if zoom_mm is not None:
+        notes.append(f"{float(zoom_mm):g} mm around each view's point")
+    names = ("\n" + "; ".join(notes)) if notes else ""
     fig.suptitle(
         f"A: {_short(a_name)}    vs    B: {_short(b_name)}"
         + ("   (B resampled onto A's grid)" if resampled else "")
-        + f"\nplanes through voxel i,j,k = {i},{j},{k} of A; radiological view (patient's right on screen left)",
+        + f"\nplanes through voxel i,j,k = {i},{j},{k} of A; radiological view (patient's right on screen left)"
+        + names,
         fontsize=10.5,
     )
     col_titles = [
@@ -403,9 +472,13 @@ def render_montage(
         col_titles[1] += f"\nwindow {_format_value(windows[1][0])} … {_format_value(windows[1][1])}"
     # plane indices in A's own voxel numbering: which original axis the plane's normal is
     normal_axis = {"axial": axes_map[2][0], "coronal": axes_map[1][0], "sagittal": axes_map[0][0]}
+    # physical size of a panel pixel (horizontal, vertical) per plane, for the zoom window
+    sl, sp_, ss = lps_spacing
+    pixel_mm = {"axial": (sl, sp_), "coronal": (sl, ss), "sagittal": (sp_, ss)}
 
     err_image = None
-    for r, (plane, (aspect, mx, my, _, _)) in enumerate(zip(planes, geoms)):
+    for r, ((plane, pt, about), (aspect, mx, my, _, _)) in enumerate(zip(row_specs, geoms)):
+        idx = _point_to_lps(pt, size, axes_map)
         for c, key in enumerate(("A", "B", "board", "error")):
             ax = fig.add_subplot(grid[r, c])
             data = _plane(views[key], plane, idx)
@@ -418,16 +491,27 @@ def render_montage(
                 m = _plane(mask_view, plane, idx)
                 if m.any() and min(m.shape) > 1:
                     ax.contour(m.astype(np.float32), levels=[0.5], colors=["#39ff14"], linewidths=0.8)
+            for view, colour, _ in outlines:
+                m = _plane(view, plane, idx)
+                if m.any() and min(m.shape) > 1:
+                    ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.9)
             ax.plot([mx], [my], marker="+", color="#00e5ff", markersize=10, markeredgewidth=1.2)
-            ax.set_xlim(-0.5, data.shape[1] - 0.5)
-            ax.set_ylim(data.shape[0] - 0.5, -0.5)
+            if zoom_mm is not None:
+                hx = 0.5 * float(zoom_mm) / pixel_mm[plane][0]
+                hy = 0.5 * float(zoom_mm) / pixel_mm[plane][1]
+                ax.set_xlim(mx - hx, mx + hx)
+                ax.set_ylim(my + hy, my - hy)
+            else:
+                ax.set_xlim(-0.5, data.shape[1] - 0.5)
+                ax.set_ylim(data.shape[0] - 0.5, -0.5)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(col_titles[c], fontsize=9)
             if c == 0:
                 axis_name = "ijk"[normal_axis[plane]]
-                ax.set_ylabel(f"{plane}\n{axis_name} = {point[normal_axis[plane]]}", fontsize=9)
+                label = f"{plane}" + (f" ({about})" if about else "")
+                ax.set_ylabel(f"{label}\n{axis_name} = {pt[normal_axis[plane]]}", fontsize=9)
                 left, right, top, bottom = _LETTERS[plane]
                 style = dict(color="yellow", fontsize=8, fontweight="bold", transform=ax.transAxes)
                 ax.text(0.02, 0.5, left, ha="left", va="center", **style)
@@ -435,12 +519,12 @@ def render_montage(
                 ax.text(0.5, 0.98, top, ha="center", va="top", **style)
                 ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
 
-    cax = fig.add_subplot(grid[: len(planes), 4])
+    cax = fig.add_subplot(grid[: len(row_specs), 4])
     bar = fig.colorbar(err_image, cax=cax)
     bar.set_label(f"{err_label}\n(scale to the 99.5th percentile: {_format_value(err_max)})", fontsize=8)
     bar.ax.tick_params(labelsize=7)
 
-    table_ax = fig.add_subplot(grid[len(planes), :])
+    table_ax = fig.add_subplot(grid[len(row_specs), :])
     table_ax.axis("off")
     if metrics is not None:
         region = "inside the mask" if mask is not None else "whole volume"

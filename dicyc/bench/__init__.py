@@ -8,6 +8,8 @@ command, the machine and the date, and compares against a reference measured in 
   with domain-specific deformations of every T2, each method trained unpaired on one budget.
 * :mod:`dicyc.bench.head` — real head MR→CT (no ground truth): alignment with the source and
   CT realism.
+* :mod:`dicyc.bench.abdomen` — the 2021 paper's abdominal T2*↔CT protocol on the abdominal
+  phantom: aorta-ROI metrics, aorta and spine Dice against the source, table hallucination.
 * :mod:`dicyc.bench.speed` — synthesis throughput against an fp32 eager reference, memory,
   training cost per method, data-loader throughput.
 """
