@@ -157,3 +157,19 @@ def test_benchmark_runs_are_reused_only_for_the_same_configuration(toy_pair, tmp
     assert again == first and seconds is None and "reused" in logs[-1]
     other, seconds = train_or_reuse(tmp_path / "runs", config(lambda_cycle=5.0), mr, ct, "cpu", logs.append)
     assert other.parent != first.parent and seconds is not None
+
+
+def test_readme_tables_are_made_from_the_json(tiny_result, tmp_path, capsys):
+    """tools/quality_tables.py turns a result file into the README's tables (rows for every result)."""
+    import importlib.util
+
+    result, _ = tiny_result
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps(result))
+    spec = importlib.util.spec_from_file_location("quality_tables", Path(__file__).parents[1] / "tools" / "quality_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| `cyclegan` |") == 4 and out.count("| `dicyc` |") == 4  # 2 settings x 2 directions each
+    assert "best baseline" in out and "deformed pass" in out
