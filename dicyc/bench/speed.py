@@ -457,6 +457,60 @@ def measure_memory(shape=(300, 512, 512), spacing=(0.8, 0.8, 0.8), ngf=4, n_bloc
     raise RuntimeError(f"the memory measurement failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
 
 
+# ===================================================================== end to end
+def measure_end_to_end(shape=(300, 512, 512), spacing=(0.8, 0.8, 0.8), ngf=64, n_blocks=9, device="auto",
+                       precision="auto", batch=8, workdir=None, suffix=".nii", seed=0):
+    """Seconds of ``dicyc synthesize``'s whole job on an int16 CT-like volume: read, synthesise, write.
+
+    A papers'-size generator (random weights) is saved as a model file whose spacing is the
+    volume's own, so every slice runs at full size (512x512 for the protocol's CT) with no
+    resampling: the most work a volume of this size can ask for. The volume is written
+    uncompressed (``suffix``), then :func:`dicyc.synthesize.synthesize_file` is run once on a
+    small volume (CUDA context, kernels, the path probe) and timed on the real one.
+    """
+    import torch
+
+    from dicyc.device import resolve_device
+    from dicyc.modelfile import save_model
+    from dicyc.nets import build_generator
+    from dicyc.synthesize import synthesize_file
+    from dicyc.volume import write_volume
+
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    generator = build_generator({"ngf": int(ngf), "n_blocks": int(n_blocks)})
+    model = _BenchModel(generator, spacing[:2])
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        model_path = save_model(tmp / "model.safetensors", {"G_AB": generator}, model.card)
+        small, big = tmp / f"small{suffix}", tmp / f"ct{suffix}"
+        write_volume(ct_like_volume((4, 64, 64), spacing, seed), small)
+        t0 = time.perf_counter()
+        write_volume(ct_like_volume(tuple(shape), spacing, seed), big)
+        write_s = time.perf_counter() - t0
+        synthesize_file(model_path, small, tmp / f"small-out{suffix}", device=dev, precision=precision, batch=batch)
+        _sync(dev)
+        t0 = time.perf_counter()
+        info = synthesize_file(model_path, big, tmp / f"out{suffix}", device=dev, precision=precision, batch=batch)
+        _sync(dev)
+        seconds = time.perf_counter() - t0
+        out_mb = (tmp / f"out{suffix}").stat().st_size / 2**20
+    result = {
+        "seconds": seconds,
+        "synthesis_seconds": info["seconds"],
+        "read_and_write_seconds": seconds - info["seconds"],
+        "input_write_seconds": write_s,
+        "shape": list(shape), "spacing_mm": list(spacing), "format": suffix, "output_mb": out_mb,
+        "generator": {"ngf": int(ngf), "n_blocks": int(n_blocks)},
+        "precision": info["precision"], "batch": info["batch"], "path": info.get("path"), "device": str(dev),
+        "slices": info["slices"], "model_grid": info["model_grid"],
+        "what": "synthesize_file: read the int16 volume, preprocess, synthesise every axial slice, map to HU, write",
+    }
+    if dev.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(dev)
+    return result
+
+
 # ===================================================================== training
 def _fake_domain(n, size, seed):
     """What a recipe's ``prepare`` reads of a DomainData: ``volumes`` and ``body_slices``."""
