@@ -67,7 +67,10 @@ def test_measure_synthesis_structure_and_ratio():
     assert r["speedup_vs_reference"] == pytest.approx(r["slices_per_s"] / r["reference_slices_per_s"])
     assert r["gflops"] == pytest.approx(r["flops_per_slice"] * r["slices_per_s"] / 1e9)
     assert r["precision"] in ("fp32", "bf16", "fp16")
-    assert r["batch"] == speed.default_synthesis_batch() == 8
+    assert speed.default_synthesis_batch() == 8
+    path = r["path"]  # the CPU path probe ran fresh, timed every candidate, and the fastest was kept
+    assert path["source"] == "probe" and set(path["seconds_per_slice"]) == {"cl:8", "cl:1", "nchw:1"}
+    assert f"{path['layout']}:{r['batch']}" == min(path["seconds_per_slice"], key=path["seconds_per_slice"].get)
     assert (r["size"], r["ngf"], r["n_blocks"], r["repeats"]) == (32, 4, 1, 2)
     assert len(r["speedup_per_repeat"]) == 2
     json.dumps(r)
@@ -76,7 +79,7 @@ def test_measure_synthesis_structure_and_ratio():
 def test_measure_synthesis_fp32_and_explicit_batch():
     r = speed.measure_synthesis(ngf=4, n_blocks=1, size=16, slices=3, reference_slices=1, repeats=1, device="cpu",
                                 precision="fp32", batch=2, matmul_size=32)
-    assert r["precision"] == "fp32" and r["batch"] == 2 and r["psnr_low_vs_fp32"] is None
+    assert r["precision"] == "fp32" and r["batch"] in (1, 2) and r["psnr_low_vs_fp32"] is None
     assert r["matmul_ceiling_gflops"] == r["matmul_ceiling_fp32_gflops"]
 
 
@@ -106,6 +109,33 @@ def test_measure_training_relative_to_cyclegan():
     for name, e in r.items():
         assert _positive(e["iteration_s"]) and len(e["iterations_s"]) == 2
         assert e["relative_to_cyclegan"] == pytest.approx(e["iteration_s"] / r["cyclegan"]["iteration_s"])
+        memory = e["precisions"]["fp32"]["memory_mb"]
+        assert _positive(memory["activations"]) and _positive(memory["state"])
+        assert e["memory_mb"] == pytest.approx(memory["activations"] + memory["state"])
+        assert e["memory_relative_to_cyclegan"] == pytest.approx(e["memory_mb"] / r["cyclegan"]["memory_mb"])
+    # DiCyc keeps both passes of both generators, and its offset and TPS networks: more memory
+    assert r["dicyc"]["memory_relative_to_cyclegan"] > 1.2
+
+
+def test_measure_training_fp32_and_auto_in_the_same_run(monkeypatch):
+    from dicyc import device as device_mod
+
+    monkeypatch.setattr(device_mod, "cpu_bf16_is_fast", lambda: True)  # auto resolves to bf16 here
+    r = speed.measure_training(methods=["cyclegan", "dicyc"], ngf=4, n_blocks=1, ndf=4, size=32, iterations=1,
+                               warmup=0, settle=0, device="cpu", precisions=("fp32", "auto"))
+    for e in r.values():
+        assert e["auto_precision"] == "bf16" and e["precisions"]["auto"]["precision"] == "bf16"
+        assert e["auto_speedup"] == pytest.approx(e["precisions"]["fp32"]["iteration_s"]
+                                                  / e["precisions"]["auto"]["iteration_s"])
+        # bf16 convolution inputs take half the bytes of fp32 ones; the fp32 state is the same
+        mem = {p: e["precisions"][p]["memory_mb"] for p in ("fp32", "auto")}
+        assert mem["auto"]["activations"] < mem["fp32"]["activations"]
+        assert mem["auto"]["state"] == pytest.approx(mem["fp32"]["state"])
+    monkeypatch.setattr(device_mod, "cpu_bf16_is_fast", lambda: False)
+    r = speed.measure_training(methods=["cyclegan"], ngf=4, n_blocks=1, ndf=4, size=32, iterations=1, warmup=0,
+                               settle=0, device="cpu", precisions=("fp32", "auto"))
+    e = r["cyclegan"]
+    assert e["auto_precision"] == "fp32" and e["auto_speedup"] == 1.0  # the same run, timed once
 
 
 def test_every_method_trains_one_iteration():
@@ -132,6 +162,11 @@ def test_run_and_summary_in_tiny_mode(monkeypatch):
     s = result["synthesis"]
     assert s["speedup_vs_reference"] == pytest.approx(s["slices_per_s"] / s["reference_slices_per_s"])
     assert set(result["training"]) == set(METHODS)
+    assert set(result["training_papers"]) == {"cyclegan", "dicyc"}
+    for e in list(result["training"].values()) + list(result["training_papers"].values()):
+        assert set(e["precisions"]) == {"fp32", "auto"} and _positive(e["auto_speedup"])
+    flags = result["cpu_features"]
+    assert {"avx2", "avx512f", "avx512_bf16", "amx_bf16"} <= set(flags)
     assert "note" in result["memory"]  # a smaller volume than the protocol's, and it says so
     ld = result["loader"]
     assert ld["ratio"] == pytest.approx(ld["batches_per_s"] / ld["training_iterations_per_s"])
@@ -151,8 +186,11 @@ def test_cli_end_to_end_with_the_test_hook(run_dicyc, tmp_path):
     s = result["synthesis"]
     assert _positive(s["speedup_vs_reference"])
     assert s["speedup_vs_reference"] == pytest.approx(s["slices_per_s"] / s["reference_slices_per_s"])
-    for key in ("machine", "quick", "device", "synthesis", "memory", "training", "loader"):
+    for key in ("machine", "quick", "device", "synthesis", "memory", "training", "training_papers", "loader",
+                "cpu_features"):
         assert key in result
+    for e in result["training"].values():  # per-method fp32 and auto iteration times
+        assert _positive(e["precisions"]["fp32"]["iteration_s"]) and _positive(e["precisions"]["auto"]["iteration_s"])
     assert "speedup" in r.stdout
 
 

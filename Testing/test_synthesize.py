@@ -125,13 +125,37 @@ def test_resolve_device_bad_index(monkeypatch):
         resolve_device("cuda:2")
 
 
-def test_fast_low_precision_cpu_follows_native_bf16(monkeypatch):
-    expected = torch.bfloat16 if device_mod.cpu_has_native_bf16() else None
-    assert fast_low_precision(torch.device("cpu")) is expected
+def test_fast_low_precision_cpu_needs_native_and_measurably_faster_bf16(monkeypatch):
+    monkeypatch.delenv(device_mod.CPU_BF16_ENV, raising=False)
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
-    assert fast_low_precision("cpu") is None
+    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", lambda: 2.2)
+    assert fast_low_precision("cpu") is None  # emulated bf16 is never used
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    assert fast_low_precision(torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", lambda: 0.55)  # native, yet slower than fp32
+    assert fast_low_precision("cpu") is None
+    monkeypatch.setenv(device_mod.CPU_BF16_ENV, "1")
     assert fast_low_precision("cpu") is torch.bfloat16
+    monkeypatch.setenv(device_mod.CPU_BF16_ENV, "0")
+    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", lambda: 2.2)
+    assert fast_low_precision("cpu") is None
+
+
+def test_probe_cache_is_per_machine_and_survives_the_process(monkeypatch, tmp_path):
+    monkeypatch.setenv("DICYC_CACHE", str(tmp_path))
+    monkeypatch.delenv(device_mod.PROBE_CACHE_ENV, raising=False)
+    monkeypatch.setattr(device_mod, "_PROBES", {})
+    calls = []
+    assert device_mod.probe_cached("x", lambda: calls.append(1) or 1.5) == 1.5
+    assert device_mod.probe_cached("x", lambda: calls.append(1) or 9.0) == 1.5 and len(calls) == 1
+    monkeypatch.setattr(device_mod, "_PROBES", {})  # a new process reads the file
+    assert device_mod.probe_lookup("x") == 1.5
+    monkeypatch.setattr(device_mod, "machine_key", lambda: "another machine")
+    assert device_mod.probe_lookup("x") is None
+
+
+def test_cpu_matmul_speedup_is_a_positive_ratio():
+    assert device_mod.cpu_matmul_speedup("bf16", n=64, repeats=1) > 0
 
 
 # ===================================================================== geometry and units
@@ -246,8 +270,8 @@ def test_auto_precision_on_this_cpu(model):
 def _noisy_low_precision(monkeypatch, sigma):
     real = syn._forward
 
-    def forward(generator, batch, dtype):
-        y = real(generator, batch, None)
+    def forward(generator, batch, dtype, layout="cl"):
+        y = real(generator, batch, None, layout)
         if dtype is None:
             return y
         g = torch.Generator().manual_seed(0)
@@ -284,6 +308,47 @@ def test_explicit_low_precision_on_cpu(model, precision):
     mse = float(np.mean((out.array.astype(np.float64) - ref) ** 2))
     psnr = 10 * math.log10(3024.0**2 / max(mse, 1e-12))
     assert psnr > 30.0
+
+
+# ===================================================================== the CPU float32 path
+def test_fp32_path_probe_times_every_candidate_then_caches_the_fastest(model, monkeypatch, tmp_path):
+    monkeypatch.setenv("DICYC_CACHE", str(tmp_path))
+    monkeypatch.delenv(syn.PATH_ENV, raising=False)
+    monkeypatch.delenv(device_mod.PROBE_CACHE_ENV, raising=False)
+    monkeypatch.setattr(device_mod, "_PROBES", {})
+    vol = mr_phantom(shape=(16, 40, 36))
+    out, info = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", batch=3)
+    path = info["path"]
+    assert path["source"] == "probe"
+    times = path["seconds_per_slice"]
+    assert set(times) == {"cl:3", "cl:1", "nchw:1"} and all(t > 0 for t in times.values())
+    assert f"{path['layout']}:{path['batch']}" == min(times, key=times.get)
+    assert info["batch"] == path["batch"]
+    again, info2 = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", batch=3)
+    assert info2["path"]["source"] == "cache" and info2["path"]["layout"] == path["layout"]
+    assert np.abs(again.array - out.array).max() < 0.05  # HU: every path computes the same, to rounding
+
+
+@pytest.mark.parametrize("override,layout,batch", [("cl:2", "cl", 2), ("nchw:1", "nchw", 1), ("cl:64", "cl", 3)])
+def test_fp32_path_override(model, monkeypatch, override, layout, batch):
+    monkeypatch.setenv(syn.PATH_ENV, override)
+    _, info = syn.synthesize_volume_with_info(model, mr_phantom(), device="cpu", precision="fp32", batch=3)
+    assert info["path"] == {"layout": layout, "batch": batch, "source": syn.PATH_ENV, "seconds_per_slice": None}
+
+
+def test_fp32_paths_agree(model, monkeypatch):
+    vol = mr_phantom()
+    results = []
+    for override in ("cl:4", "nchw:1"):
+        monkeypatch.setenv(syn.PATH_ENV, override)
+        results.append(syn.synthesize_volume(model, vol, device="cpu", precision="fp32", batch=4).array)
+    assert np.abs(results[0] - results[1]).max() < 0.05
+
+
+def test_bad_path_override_is_one_sentence(model, monkeypatch):
+    monkeypatch.setenv(syn.PATH_ENV, "fast")
+    with pytest.raises(DicycError, match="DICYC_SYNTH_PATH"):
+        syn.synthesize_volume(model, mr_phantom(), device="cpu", precision="fp32")
 
 
 # ===================================================================== memory

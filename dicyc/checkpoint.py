@@ -88,11 +88,9 @@ def load_checkpoint_networks(path, nets):
     _load_nets(path, load_file(str(path)), nets)
 
 
-def load_checkpoint(path, nets, optimizers, pools, device, torch_generators=None):
-    """Restore a checkpoint into existing networks/optimisers/pools; returns ``extra``."""
-    import torch
+def _checkpoint_meta(path):
+    """The checked JSON metadata of a checkpoint (its header only; no tensor is read)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     from dicyc.modelfile import check_safetensors_header
 
@@ -104,6 +102,20 @@ def load_checkpoint(path, nets, optimizers, pools, device, torch_generators=None
     meta = json.loads(raw)
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise DicycError(f"{path} is a checkpoint of an unsupported format version ({meta.get('format_version')}).")
+    return meta
+
+
+def read_checkpoint_extra(path):
+    """The ``extra`` dict of a checkpoint (iteration, schedule, precision, …) without loading tensors."""
+    return _checkpoint_meta(path)["extra"]
+
+
+def load_checkpoint(path, nets, optimizers, pools, device, torch_generators=None):
+    """Restore a checkpoint into existing networks/optimisers/pools; returns ``extra``."""
+    import torch
+    from safetensors.torch import load_file
+
+    meta = _checkpoint_meta(path)
     tensors = load_file(str(path))
     _load_nets(path, tensors, nets)
     for name, opt in optimizers.items():

@@ -176,6 +176,8 @@ TRAIN_OPTIONS = [
     ("--upsample", "upsample", str, "transpose (reference) or resize (against checkerboard artefacts)"),
     ("--slice-size", "slice_size", int, "training slice size in pixels, a multiple of 4 (default 128)"),
     ("--batch-size", "batch_size", int, "slices per domain per iteration (papers: 1)"),
+    ("--precision", "precision", str, "auto (default: bf16 where the CPU or GPU computes it natively, else fp32), "
+     "fp32, bf16 or fp16 (autocast; weights, checkpoints and model files stay fp32)"),
     ("--lr", "lr", float, "Adam learning rate (2e-4)"),
     ("--iterations", "iterations", int, "a fixed iteration count (constant lr for half, then linear decay)"),
     ("--epochs", "max_epochs", int, "epochs at most, with the papers' early-stop rule (when --iterations is not set)"),

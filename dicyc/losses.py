@@ -38,9 +38,9 @@ class ImagePool:
 
     def query(self, images):
         if self.size == 0:
-            return images
+            return images.detach().float()
         out = []
-        for image in images.detach():
+        for image in images.detach().float():  # float32 whatever autocast produced: checkpoints stay fp32
             image = image.unsqueeze(0)
             if len(self.images) < self.size:
                 self.images.append(image.clone())

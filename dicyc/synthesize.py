@@ -279,8 +279,26 @@ def _instance_norm_as_group_norm(norm):
     return InstanceNormAsGroupNorm()
 
 
+#: environment override of the CPU float32 inference path: "LAYOUT:BATCH" with LAYOUT
+#: "cl" (channels-last copy, instance norms as group norms) or "nchw" (the module as trained)
+PATH_ENV = "DICYC_SYNTH_PATH"
+LAYOUTS = ("nchw", "cl")
+
+
+def _parse_path(text, batch):
+    """("cl"|"nchw", batch size) from ``DICYC_SYNTH_PATH``; the batch is at most ``batch``."""
+    layout, _, size = str(text).strip().lower().partition(":")
+    try:
+        size = int(size) if size else batch
+    except ValueError:
+        size = 0
+    if layout not in LAYOUTS or size < 1:
+        raise DicycError(f"{PATH_ENV}={text!r} is not LAYOUT:BATCH with LAYOUT cl or nchw, e.g. cl:8 or nchw:1.")
+    return layout, min(size, batch)
+
+
 class _InferenceModel:
-    """The generator as synthesis runs it: the fp32 module, plus a fast copy for CPU bf16.
+    """The generator as synthesis runs it: the fp32 module, plus fast copies for the CPU.
 
     On a CPU, bf16 autocast leaves most of the time outside the convolutions: it casts every
     activation back to fp32 around each reflection pad (an fp32 op for CPU autocast) and to
@@ -290,20 +308,21 @@ class _InferenceModel:
     matmul ceiling) and instance norms computed by the equivalent group norm. It computes what
     autocast computes (convolutions in bf16, pads exact, residual stream in bf16 as under
     autocast) with fewer casts; the "auto" precision probe still compares it against fp32.
-    CUDA and fp16 keep plain autocast.
+    In float32 on a CPU the same channels-last copy (float32 weights) is one of the paths the
+    runner's path probe times (see :class:`_Runner`). CUDA and fp16 keep plain autocast.
     """
 
     def __init__(self, module):
         self.module = module
         self._fast = {}
 
-    def fast(self, dtype, device):
-        """The fast copy for ``dtype`` on ``device``, or None where plain autocast is used."""
+    def fast(self, dtype, device, layout="cl"):
+        """The channels-last copy for ``dtype`` (None: float32) on ``device``, or None where the module runs as is."""
         import copy
 
         import torch
 
-        if dtype is not torch.bfloat16 or device.type != "cpu":
+        if device.type != "cpu" or layout != "cl" or dtype not in (None, torch.bfloat16):
             return None
         if dtype not in self._fast:
             net = copy.deepcopy(self.module)
@@ -311,23 +330,25 @@ class _InferenceModel:
                 for name, child in list(parent.named_children()):
                     if isinstance(child, torch.nn.InstanceNorm2d) and not child.track_running_stats:
                         setattr(parent, name, _instance_norm_as_group_norm(child))
-            net = net.to(dtype=dtype).to(memory_format=torch.channels_last).eval().requires_grad_(False)
-            self._fast[dtype] = net
+            net = net.to(dtype=dtype or torch.float32).to(memory_format=torch.channels_last)
+            self._fast[dtype] = net.eval().requires_grad_(False)
         return self._fast[dtype]
 
 
-def _forward(generator, batch, dtype):
+def _forward(generator, batch, dtype, layout="cl"):
     """Run the generator on a (N, 1, H, W) batch; autocast to ``dtype`` unless None; float32 out.
 
     ``generator`` is a module or an :class:`_InferenceModel` (which runs CPU bf16 through its
-    fast copy). Kept as one small function so tests can replace the low-precision path.
+    fast copy, and CPU float32 through it where ``layout`` is "cl"). Kept as one small function
+    so tests can replace the low-precision path.
     """
     import torch
 
     if isinstance(generator, _InferenceModel):
-        fast = None if dtype is None else generator.fast(dtype, batch.device)
-        if fast is not None:
-            return fast(batch.to(dtype).contiguous(memory_format=torch.channels_last)).float()
+        if dtype is not None or layout == "cl":
+            fast = generator.fast(dtype, batch.device, layout if dtype is None else "cl")
+            if fast is not None:
+                return fast(batch.to(dtype or torch.float32).contiguous(memory_format=torch.channels_last)).float()
         generator = generator.module
     if dtype is None:
         return generator(batch).float()
@@ -420,9 +441,22 @@ def _dtype_name(dtype):
 
 
 class _Runner:
-    """Runs views slice batch by slice batch; decides precision on the first batch for "auto"."""
+    """Runs views slice batch by slice batch; decides precision on the first batch for "auto".
 
-    def __init__(self, generator, device, precision, batch, progress, total=0):
+    On a CPU in float32 it also decides *how* to run the generator, because the fastest way
+    differs between CPUs: the channels-last copy (:meth:`_InferenceModel.fast`) at the full
+    batch is fastest on AVX-512 Xeons, while an AVX2-only EPYC ran batches of 8 at 0.74x the
+    speed of one slice at a time (its caches hold one slice's activations, not eight). The
+    candidates (:meth:`_candidates`: channels-last at the full batch and at batch 1, and the
+    module as trained at batch 1, i.e. the plain reference) are each run once to warm up and
+    once timed, on the volume's own slices (no work is wasted: every candidate computes the
+    same result, to float32 rounding), and the fastest per slice runs the rest. The choice is
+    kept per machine, generator size and slice size in ``<cache>/probes.json``
+    (:func:`dicyc.device.probe_store`), so later syntheses skip the probe; ``DICYC_SYNTH_PATH``
+    (e.g. ``cl:8`` or ``nchw:1``) overrides it. ``batch`` is the largest batch used.
+    """
+
+    def __init__(self, generator, device, precision, batch, progress, total=0, cache=True):
         self.generator, self.device, self.batch = _InferenceModel(generator), device, batch
         self.progress, self.total, self.done = progress, total, 0
         self.precision = precision
@@ -430,6 +464,12 @@ class _Runner:
         self.probe_dtype = None
         self.psnr = None
         self.decided = False
+        self.cache = cache
+        self.layout = "nchw" if device.type != "cpu" else None  # None: decided once the precision is
+        self.path_source = "device" if self.layout else None
+        self.path_times = {}
+        self._trials = None
+        self._shape = None
 
     def decide_explicit(self):
         from dicyc.device import fast_low_precision
@@ -443,14 +483,77 @@ class _Runner:
             self.dtype = _precision_dtype(self.precision, self.device)
             self.decided = True
 
-    def _infer(self, slab):
+    # ---- the CPU path: layout and batch size
+    def _path_key(self):
+        import torch
+
+        arch = getattr(self.generator.module, "architecture", lambda: {})()
+        size = f"{arch.get('generator')}-ngf{arch.get('ngf')}-b{arch.get('n_blocks')}-{arch.get('upsample')}"
+        h, w = self._shape
+        return f"synthesis-fp32-path|{size}|{h}x{w}|batch{self.batch}|threads{torch.get_num_threads()}"
+
+    def _candidates(self):
+        """(layout, batch, batches per timed trial) for the path probe, the default first."""
+        out = [("cl", self.batch, 1)]
+        if self.batch > 1:
+            out.append(("cl", 1, 2))
+        out.append(("nchw", 1, 2))
+        return out
+
+    def _decide_path(self, padded_shape):
+        """Choose the layout for this run: fixed where only one makes sense, else override, cache or probe."""
+        import os
+
+        self._shape = tuple(padded_shape)
+        if self.dtype is not None:  # bf16 runs its channels-last copy; fp16 runs autocast
+            self.layout, self.path_source = ("cl", "low precision") if self.generator.fast(
+                self.dtype, self.device) is not None else ("nchw", "low precision")
+            return
+        override = os.environ.get(PATH_ENV, "").strip()
+        if override:
+            self.layout, self.batch = _parse_path(override, self.batch)
+            self.path_source = PATH_ENV
+            return
+        from dicyc.device import probe_lookup
+
+        cached = probe_lookup(self._path_key()) if self.cache else None
+        if cached:
+            self.layout, self.batch = cached["layout"], min(int(cached["batch"]), self.batch)
+            self.path_source = "cache"
+            return
+        self._trials = [(layout, b, False, 1) for layout, b, _ in self._candidates()]
+        self._trials += [(layout, b, True, n) for layout, b, n in self._candidates()]
+        self.layout, self.path_source = "cl", "probe"  # until the probe has decided
+
+    def _finish_probe(self):
+        from dicyc.device import probe_store
+
+        complete = len(self.path_times) == len(self._candidates())
+        self._trials = None
+        if not self.path_times:
+            self.layout = "cl"
+            return
+        (layout, b), _ = min(self.path_times.items(), key=lambda kv: kv[1])
+        self.layout, self.batch = layout, b
+        if self.cache and complete:  # a probe cut short by a small volume decides this run only
+            probe_store(self._path_key(), {"layout": layout, "batch": b,
+                                           "seconds_per_slice": {f"{k[0]}:{k[1]}": v for k, v in self.path_times.items()}})
+
+    def _next(self):
+        """(layout, batch size, trial) for the next batch; ``trial`` is the probe's entry or None."""
+        if self._trials:
+            layout, b, timed, n = self._trials[0]
+            return layout, b, self._trials[0]
+        return self.layout, self.batch, None
+
+    def _infer(self, slab, layout=None):
         import torch
 
         padded, (top, left) = _pad_batch(slab)
         h, w = slab.shape[1:]
         batch = torch.from_numpy(padded[:, None]).to(self.device)
         del padded
-        y = _forward(self.generator, batch, self.dtype)
+        y = _forward(self.generator, batch, self.dtype, layout or self.layout or "nchw")
         if not self.decided:
             low = _forward(self.generator, batch, self.probe_dtype)
             crop = (slice(None), 0, slice(top, top + h), slice(left, left + w))
@@ -467,9 +570,13 @@ class _Runner:
 
         s = start
         while s < stop:
-            e = min(s + self.batch, stop)
+            if self.decided and self.layout is None:
+                self._decide_path(self._padded_shape(x, axis))
+            layout, size, trial = self._next()
+            e = min(s + size * (trial[3] if trial else 1), stop)
+            t0 = time.perf_counter()
             try:
-                result = self._infer(_take(x, axis, s, e))
+                result = self._infer(_take(x, axis, s, e), layout)
             except (RuntimeError, MemoryError) as exc:
                 if not _is_oom(exc):
                     raise
@@ -480,14 +587,39 @@ class _Runner:
                         f"synthesis ran out of {'GPU ' if self.device.type == 'cuda' else ''}memory on {self.device} "
                         "even one slice at a time; use --device cpu or a smaller input."
                     ) from None
-                self.batch = max(1, self.batch // 2)
+                halved = max(1, self.batch // 2)
+                if self._trials:  # a probe that ran out of memory stops at what it measured
+                    self._finish_probe()
+                self.batch = min(self.batch, halved)
                 continue
+            if trial is not None:
+                self._trials.pop(0)
+                if trial[2]:
+                    self.path_times[(trial[0], trial[1])] = (time.perf_counter() - t0) / (e - s)
+                if not self._trials:
+                    self._finish_probe()
             _put(out, axis, s, e, result, accumulate)
             del result
             self.done += e - s
             if self.progress is not None:
                 self.progress(self.done, self.total)
             s = e
+
+    @staticmethod
+    def _padded_shape(x, axis):
+        """(H, W) of this view's slices after padding to multiples of 4."""
+        shape = [n for i, n in enumerate(x.shape) if i != axis]
+        return tuple(sum(_pad_amounts(n)) + n for n in shape)
+
+    def path_info(self):
+        """How the generator ran: layout, batch, where the choice came from, the probe's seconds per slice."""
+        return {"layout": self.layout or "nchw", "batch": self.batch, "source": self.path_source,
+                "seconds_per_slice": {f"{k[0]}:{k[1]}": v for k, v in self.path_times.items()} or None}
+
+    def finish_probe(self):
+        """Decide from what the path probe measured so far (a view shorter than the probe)."""
+        if self._trials:
+            self._finish_probe()
 
     def run_view(self, x, out, axis, accumulate):
         n = x.shape[axis]
@@ -588,6 +720,7 @@ def synthesize_volume_with_info(
     with torch.inference_mode():
         for i, view in enumerate(views):
             runner.run_view(x, out, _VIEW_AXIS[view], accumulate=i > 0)
+    runner.finish_probe()
     del x
     if len(views) > 1:
         out /= np.float32(len(views))
@@ -616,6 +749,7 @@ def synthesize_volume_with_info(
         "slices": total,
         "seconds": time.perf_counter() - t0,
         "batch": runner.batch,
+        "path": runner.path_info(),
         "views": list(views),
         "model_grid": list(model_grid),
         "direction": direction,

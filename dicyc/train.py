@@ -44,6 +44,8 @@ DEFAULT_CONFIG = {
     "n_blocks": 9,
     "ndf": 64,
     "upsample": "transpose",
+    # arithmetic: autocast dtype of the networks (auto: bf16 where the hardware has it natively)
+    "precision": "auto",
     # optimisation (CycleGAN reference values)
     "batch_size": 1,
     "lr": 2e-4,
@@ -69,11 +71,17 @@ DEFAULT_CONFIG = {
 
 #: keys that fix the networks or the data space: a resumed run cannot change them.
 FROZEN_ON_RESUME = ("method", "ngf", "n_blocks", "ndf", "upsample", "slice_size", "spacing", "modality_a", "modality_b",
-                    "shared_blocks", "tps_grid", "offset_grid")
+                    "shared_blocks", "tps_grid", "offset_grid", "precision")
 
 _INT_KEYS = ("slice_size", "position_offset", "ngf", "n_blocks", "ndf", "batch_size", "pool_size", "max_epochs",
              "constant_epochs", "patience_constant", "patience_decay", "decay_epochs", "checkpoint_every", "log_every", "seed")
 _FLOAT_KEYS = ("lr", "beta1", "beta2", "lambda_cycle", "lambda_identity")
+
+#: values of the ``precision`` option (``dicyc train --precision``)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: methods for which "auto" keeps fp32 even where bf16 is native (the quality benchmark decides;
+#: see the README's mixed-precision section)
+AUTO_KEEPS_FP32 = frozenset()
 
 
 # ===================================================================== configuration
@@ -161,9 +169,100 @@ def validate_config(config):
         raise DicycError(f"sampling must be random, same-patient or position; got {config['sampling']!r}.")
     if config["upsample"] not in ("transpose", "resize"):
         raise DicycError(f"upsample must be transpose or resize; got {config['upsample']!r}.")
+    if config["precision"] not in PRECISIONS:
+        raise DicycError(f"precision must be one of {', '.join(PRECISIONS)}; got {config['precision']!r}.")
     config["name_a"] = config["name_a"] or config["modality_a"]
     config["name_b"] = config["name_b"] or config["modality_b"]
     return config
+
+
+# ===================================================================== precision
+def resolve_precision(requested, device, method=None):
+    """The arithmetic a run uses: "fp32", "bf16" or "fp16" for ``requested`` on ``device``.
+
+    "auto" is bf16 only where the hardware computes it natively (a CPU with AVX512-BF16 or
+    AMX whose bf16 matrix products are measurably faster than float32 ones, see
+    :func:`dicyc.device.cpu_bf16_is_fast`; a CUDA GPU with bf16), and fp32 everywhere else and
+    for the methods in :data:`AUTO_KEEPS_FP32`. An explicit bf16 or fp16 is refused in one sentence where this
+    torch cannot autocast to it on ``device``.
+    """
+    import torch
+
+    from dicyc.device import cpu_bf16_is_fast
+
+    if requested not in PRECISIONS:
+        raise DicycError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}.")
+    if requested == "fp32":
+        return "fp32"
+    if requested == "auto":
+        if method in AUTO_KEEPS_FP32:
+            return "fp32"
+        if device.type == "cuda":
+            try:
+                native = torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:  # torch without the keyword
+                native = torch.cuda.is_bf16_supported()
+            return "bf16" if native else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_bf16_is_fast() else "fp32"
+    from dicyc.synthesize import _precision_dtype
+
+    _precision_dtype(requested, device)  # refuses what this device and torch cannot autocast
+    return requested
+
+
+class Precision:
+    """How a run computes: the autocast region of each step and, for fp16, the gradient scaler.
+
+    Parameters, gradients, optimiser states, checkpoints and model files stay float32 in every
+    precision; autocast runs the convolutions of generators and discriminators in bf16/fp16,
+    while the losses that need it stay float32 (NMI, MIND and gradient correlation in
+    :mod:`dicyc.similarity`, the offset and TPS warps in :mod:`dicyc.nets.warps`, and the L1 and
+    least-squares losses, which autocast keeps in float32).
+    """
+
+    def __init__(self, name, device):
+        import torch
+
+        self.name = name
+        self.device_type = device.type
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        self.scaler = None
+        if name == "fp16":
+            try:
+                self.scaler = torch.amp.GradScaler(device.type)
+            except (AttributeError, TypeError, RuntimeError):  # torch < 2.3: CUDA only
+                if device.type != "cuda":
+                    raise DicycError(f"precision fp16 needs a gradient scaler on {device}, which this torch "
+                                     f"{torch.__version__} lacks; use bf16 or fp32.") from None
+                self.scaler = torch.cuda.amp.GradScaler()
+
+    def autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def backward(self, loss):
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizers):
+        for opt in optimizers:
+            if self.scaler is None:
+                opt.step()
+            else:
+                self.scaler.step(opt)
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def state_dict(self):
+        return {"precision": self.name, "grad_scaler": None if self.scaler is None else self.scaler.state_dict()}
+
+    def load_state_dict(self, state):
+        if self.scaler is not None and (state or {}).get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
 
 
 # ===================================================================== distributed
@@ -294,7 +393,7 @@ def _save_loss_curve(path, history):
 
 
 # ===================================================================== model card
-def model_card(recipe, config, data_a, data_b, iterations_done, epoch):
+def model_card(recipe, config, data_a, data_b, iterations_done, epoch, precision="fp32"):
     return {
         "format": "dicyc-model",
         "format_version": 1,
@@ -306,7 +405,8 @@ def model_card(recipe, config, data_a, data_b, iterations_done, epoch):
         },
         "spacing": list(config["spacing"]),
         "slice_size": config["slice_size"],
-        "training": dict(config, iterations_done=int(iterations_done), epoch=int(epoch)),
+        "training": dict(config, iterations_done=int(iterations_done), epoch=int(epoch), precision_used=precision),
+        "precision": {"training": precision, "weights": "fp32"},
         "method_details": recipe.card_details(),
         "code_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -330,13 +430,15 @@ def step_groups(name):
     return (name,) if isinstance(name, str) else tuple(name)
 
 
-def run_iteration(steps, nets, groups, optimizers, ctx, lr, average_gradients=None):
+def run_iteration(steps, nets, groups, optimizers, ctx, lr, average_gradients=None, precision=None):
     """One training iteration: each recipe step's loss, one backward, and its optimisers' steps.
 
     A step may name several optimiser groups (DiCyc's joint E and M step): they share the one
     backward pass, and each optimiser then steps with the gradients of its own parameters.
     Only the networks of the step's groups take gradients, so a generator step leaves the
-    discriminators' gradients alone. Returns the logged loss values of all steps.
+    discriminators' gradients alone. ``precision`` (a :class:`Precision`; None is fp32) puts
+    each step's forward pass under autocast and scales fp16 losses. Returns the logged loss
+    values of all steps.
     """
     logged = {}
     for names, step in steps:
@@ -349,14 +451,30 @@ def run_iteration(steps, nets, groups, optimizers, ctx, lr, average_gradients=No
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-        loss, values = step(nets, ctx)
-        loss.backward()
-        if average_gradients is not None:
+        if precision is None:
+            loss, values = step(nets, ctx)
+            loss.backward()
+        else:
+            with precision.autocast():
+                loss, values = step(nets, ctx)
+            precision.backward(loss)
+        if average_gradients is not None:  # scaled fp16 gradients average alike: every rank has one scale
             average_gradients([p for opt in opts for group in opt.param_groups for p in group["params"]])
-        for opt in opts:
-            opt.step()
+        if precision is None:
+            for opt in opts:
+                opt.step()
+        else:
+            precision.step(opts)
         logged.update(values)
     return logged
+
+
+def _saved_precision(ckpt_path):
+    """The precision a checkpoint was trained in ("fp32" for checkpoints from before the option)."""
+    from dicyc.checkpoint import read_checkpoint_extra
+
+    state = read_checkpoint_extra(ckpt_path).get("precision") or {}
+    return state.get("precision") or "fp32"
 
 
 def _fixed_slice(data):
@@ -417,6 +535,9 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
 
         torch.manual_seed(config["seed"])
         np.random.seed(config["seed"])
+        saved = _saved_precision(ckpt_path) if resume and ckpt_path.exists() else None
+        # a resumed run keeps the arithmetic it was trained in ("auto" is not decided again)
+        precision = Precision(saved or resolve_precision(config["precision"], dev, config["method"]), dev)
         recipe.prepare(data_a, data_b, dev, log)
         nets = {name: net.to(dev) for name, net in recipe.build_networks().items()}
         dist.broadcast_parameters(nets)
@@ -441,6 +562,7 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
             epoch_losses = extra.get("epoch_losses", {})
             schedule.load_state_dict(extra["schedule"])
             sampler.load_state_dict(extra["sampler"])  # one state fits every rank (per-rank streams)
+            precision.load_state_dict(extra.get("precision"))
             log(f"resuming {out_dir} from iteration {iteration} (epoch {epoch})")
         total = schedule.total_iterations
         fixed_a, fixed_b = _fixed_slice(data_a).to(dev), _fixed_slice(data_b).to(dev)
@@ -455,9 +577,10 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
             extra = {
                 "iteration": iteration, "epoch": epoch, "history": history, "epoch_losses": epoch_losses,
                 "schedule": schedule.state_dict(), "sampler": sampler.state_dict(), "config": config,
+                "precision": precision.state_dict(),
             }
             save_checkpoint(ckpt_path, nets, optimizers, pools, extra, {"augment": aug_gen, "pool": pool_gen})
-            card = model_card(recipe, config, data_a, data_b, iteration, epoch)
+            card = model_card(recipe, config, data_a, data_b, iteration, epoch, precision.name)
             synth = {n: nets[n] for n in recipe.synthesis_networks()}
             save_model(out_dir / "model.safetensors", synth, card)
             events.emit("checkpoint", iteration=iteration, epoch=epoch, total_iterations=total, path=str(ckpt_path),
@@ -467,6 +590,7 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
 
         events.emit("start", iteration=iteration, epoch=epoch, total_iterations=total, path=str(out_dir),
                     message=f"{recipe.name}: {len(paths_a)} {names[0]} and {len(paths_b)} {names[1]} volume(s) on {dev}"
+                    f" in {precision.name}"
                     + (f", {dist.world_size} processes" if dist.enabled else ""))
         bar = ProgressBar(total, label=recipe.name, enabled=show_progress if dist.is_main else False)
         run_start_it, run_start_t = iteration, time.monotonic()
@@ -480,7 +604,7 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
                 real_a, real_b = augment(real_a, aug_gen), augment(real_b, aug_gen)
             lr = config["lr"] * schedule.lr_factor(iteration)
             ctx = {"real_a": real_a, "real_b": real_b, "pools": pools, "iteration": iteration}
-            logged = run_iteration(steps, nets, groups, optimizers, ctx, lr, dist.average_gradients)
+            logged = run_iteration(steps, nets, groups, optimizers, ctx, lr, dist.average_gradients, precision)
             iteration += 1
             for k, v in logged.items():
                 recent.setdefault(k, []).append(v)
@@ -550,6 +674,7 @@ def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=
         saved = json.loads(saved_path.read_text())
         config = saved["config"]
         file_config = load_config_file(config_file) if config_file else {}
+        config.setdefault("precision", "fp32")  # runs from before the option trained in fp32
         for key, value in list(file_config.items()) + list(overrides.items()):
             if value is not None and key in FROZEN_ON_RESUME and value != config.get(key):
                 raise DicycError(f"{key} cannot change when resuming (the run was trained with {config.get(key)!r}).")

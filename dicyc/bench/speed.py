@@ -69,6 +69,9 @@ SETTINGS = {
         "memory": {"shape": (300, 512, 512), "spacing": (0.8, 0.8, 0.8), "ngf": 4, "n_blocks": 1},
         "training": {"ngf": 16, "n_blocks": 3, "ndf": 16, "size": 64, "batch": 1, "iterations": 5, "warmup": 1,
                      "settle": 1},
+        # the papers' training size for the two methods the precision targets name
+        "training_papers": {"methods": ["cyclegan", "dicyc"], "ngf": 64, "n_blocks": 9, "ndf": 64, "size": 128,
+                            "batch": 1, "iterations": 2, "warmup": 1, "settle": 0},
         "loader": {"size": 64, "batch": 1, "n_batches": 50},
     },
     "tiny": {
@@ -77,13 +80,18 @@ SETTINGS = {
         "memory": {"shape": (6, 48, 48), "spacing": (0.8, 0.8, 0.8), "ngf": 4, "n_blocks": 1},
         "training": {"ngf": 4, "n_blocks": 2, "ndf": 4, "size": 32, "batch": 1, "iterations": 1, "warmup": 1,
                      "settle": 0},
+        "training_papers": {"methods": ["cyclegan", "dicyc"], "ngf": 4, "n_blocks": 1, "ndf": 4, "size": 32,
+                            "batch": 1, "iterations": 1, "warmup": 0, "settle": 0},
         "loader": {"size": 32, "batch": 1, "n_batches": 5},
     },
 }
 #: the loader is compared with CycleGAN at this size (the quick training size), in every mode
 LOADER_TRAINING = SETTINGS["quick"]["training"]
-#: the paper's DiCyc time relative to CycleGAN (Wang et al., Information Fusion 2021)
+#: the paper's DiCyc time and memory relative to CycleGAN (Wang et al., Information Fusion 2021)
 PAPER_DICYC_RELATIVE_TIME = 1.75
+PAPER_DICYC_RELATIVE_MEMORY = 1.33
+#: training is timed in these precisions, in the same run ("auto" as ``dicyc train`` resolves it)
+TRAINING_PRECISIONS = ("fp32", "auto")
 
 CT_WINDOW = {"kind": "ct-window", "low": -1024.0, "high": 2000.0}
 MR_RANGE = {"kind": "mr-percentile", "low": 0.0, "high": 1000.0, "percentiles": [0.5, 99.5]}
@@ -271,14 +279,17 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
     torch.manual_seed(seed)
     arch = {"ngf": int(ngf), "n_blocks": int(n_blocks)}
     generator = build_generator(arch).to(dev).eval()
-    x = ct_like_slices(max(slices, reference_slices, batch), size, seed)
+    warm = 2 * batch + 8  # enough slices for the precision probe and the CPU path probe (every candidate twice)
+    x = ct_like_slices(max(slices, reference_slices, warm), size, seed)
     out = np.zeros_like(x)
 
-    runner = _Runner(generator, dev, precision, batch, None)
+    # a fresh path probe (not this machine's cached choice): the result is this run's own decision
+    runner = _Runner(generator, dev, precision, batch, None, cache=False)
     runner.decide_explicit()
     ref_times, default_times = [], []
     with torch.inference_mode():
-        runner.run_view(x[:max(batch, slices)], out[:max(batch, slices)], 0, accumulate=False)  # probe + warm-up
+        runner.run_view(x[:warm], out[:warm], 0, accumulate=False)  # probes + warm-up
+        runner.finish_probe()
     with torch.no_grad():
         generator(torch.from_numpy(x[:1, None]).to(dev)).cpu()  # reference warm-up
     for r in range(repeats):
@@ -320,6 +331,7 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
         "precision": precision_used,
         "psnr_low_vs_fp32": runner.psnr,
         "batch": runner.batch,
+        "path": runner.path_info(),
         "size": int(size),
         "ngf": int(ngf),
         "n_blocks": int(n_blocks),
@@ -327,8 +339,8 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
         "reference_slices": reference_slices,
         "repeats": repeats,
         "reference": "fp32 eager, batch 1, torch.no_grad(), same generator, process and threads",
-        "default_path": "dicyc.synthesize._Runner (precision 'auto' with its 40 dB guard, default batch), "
-                        "torch.inference_mode()",
+        "default_path": "dicyc.synthesize._Runner (precision 'auto' with its 40 dB guard, default batch as the "
+                        "largest, its CPU path probe run fresh during the warm-up), torch.inference_mode()",
     }
 
 
@@ -445,6 +457,60 @@ def measure_memory(shape=(300, 512, 512), spacing=(0.8, 0.8, 0.8), ngf=4, n_bloc
     raise RuntimeError(f"the memory measurement failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
 
 
+# ===================================================================== end to end
+def measure_end_to_end(shape=(300, 512, 512), spacing=(0.8, 0.8, 0.8), ngf=64, n_blocks=9, device="auto",
+                       precision="auto", batch=8, workdir=None, suffix=".nii", seed=0):
+    """Seconds of ``dicyc synthesize``'s whole job on an int16 CT-like volume: read, synthesise, write.
+
+    A papers'-size generator (random weights) is saved as a model file whose spacing is the
+    volume's own, so every slice runs at full size (512x512 for the protocol's CT) with no
+    resampling: the most work a volume of this size can ask for. The volume is written
+    uncompressed (``suffix``), then :func:`dicyc.synthesize.synthesize_file` is run once on a
+    small volume (CUDA context, kernels, the path probe) and timed on the real one.
+    """
+    import torch
+
+    from dicyc.device import resolve_device
+    from dicyc.modelfile import save_model
+    from dicyc.nets import build_generator
+    from dicyc.synthesize import synthesize_file
+    from dicyc.volume import write_volume
+
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    generator = build_generator({"ngf": int(ngf), "n_blocks": int(n_blocks)})
+    model = _BenchModel(generator, spacing[:2])
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        model_path = save_model(tmp / "model.safetensors", {"G_AB": generator}, model.card)
+        small, big = tmp / f"small{suffix}", tmp / f"ct{suffix}"
+        write_volume(ct_like_volume((4, 64, 64), spacing, seed), small)
+        t0 = time.perf_counter()
+        write_volume(ct_like_volume(tuple(shape), spacing, seed), big)
+        write_s = time.perf_counter() - t0
+        synthesize_file(model_path, small, tmp / f"small-out{suffix}", device=dev, precision=precision, batch=batch)
+        _sync(dev)
+        t0 = time.perf_counter()
+        info = synthesize_file(model_path, big, tmp / f"out{suffix}", device=dev, precision=precision, batch=batch)
+        _sync(dev)
+        seconds = time.perf_counter() - t0
+        out_mb = (tmp / f"out{suffix}").stat().st_size / 2**20
+    result = {
+        "seconds": seconds,
+        "synthesis_seconds": info["seconds"],
+        "read_and_write_seconds": seconds - info["seconds"],
+        "input_write_seconds": write_s,
+        "shape": list(shape), "spacing_mm": list(spacing), "format": suffix, "output_mb": out_mb,
+        "generator": {"ngf": int(ngf), "n_blocks": int(n_blocks)},
+        "precision": info["precision"], "batch": info["batch"], "path": info.get("path"), "device": str(dev),
+        "slices": info["slices"], "model_grid": info["model_grid"],
+        "what": "synthesize_file: read the int16 volume, preprocess, synthesise every axial slice, map to HU, write",
+    }
+    if dev.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(dev)
+    return result
+
+
 # ===================================================================== training
 def _fake_domain(n, size, seed):
     """What a recipe's ``prepare`` reads of a DomainData: ``volumes`` and ``body_slices``."""
@@ -483,7 +549,7 @@ def _training_state(name, ngf, n_blocks, ndf, size, batch, device, seed):
             "steps": recipe.steps(), "gen": torch.Generator().manual_seed(seed + 7), "lr": config["lr"]}
 
 
-def _iteration(state, batch, size, device):
+def _iteration(state, batch, size, device, precision=None, steps=None):
     """One training iteration exactly as ``dicyc.train.train`` runs it, on random [-1, 1] batches."""
     import torch
 
@@ -493,61 +559,146 @@ def _iteration(state, batch, size, device):
     real_a = (torch.rand((batch, 1, size, size), generator=gen) * 2.0 - 1.0).to(device)
     real_b = (torch.rand((batch, 1, size, size), generator=gen) * 2.0 - 1.0).to(device)
     ctx = {"real_a": real_a, "real_b": real_b, "pools": state["pools"], "iteration": 0}
-    run_iteration(state["steps"], state["nets"], state["groups"], state["optimizers"], ctx, state["lr"])
+    run_iteration(steps or state["steps"], state["nets"], state["groups"], state["optimizers"], ctx, state["lr"],
+                  precision=precision)
+
+
+def _memory_iteration(state, batch, size, device, precision=None):
+    """Run one iteration and count its training memory from the tensors themselves (in bytes).
+
+    ``activations``: the most that one step's forward pass keeps for its backward pass (each
+    storage saved by autograd counted once; parameters excluded), the largest over the
+    recipe's steps, since each step's saved tensors are freed by its backward. ``state``:
+    parameters of every network, plus gradients and Adam's two moments for the trained ones.
+    Device-independent (on a GPU the allocator's own peak is ``peak_gpu_mb``).
+    """
+    import torch
+
+    nets, optimizers = state["nets"], state["optimizers"]
+    params = {p.untyped_storage().data_ptr(): p for net in nets.values() for p in net.parameters()}
+    trained = {p.untyped_storage().data_ptr(): p for opt in optimizers.values()
+               for group in opt.param_groups for p in group["params"]}
+    per_step = []
+
+    def wrap(step):
+        def run(nets_, ctx):
+            seen = {}
+
+            def pack(t):
+                try:
+                    storage = t.untyped_storage()
+                    ptr = storage.data_ptr()
+                    if ptr not in params:
+                        seen[ptr] = max(seen.get(ptr, 0), storage.nbytes())
+                except (RuntimeError, NotImplementedError):  # tensors without storage
+                    pass
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = step(nets_, ctx)
+            per_step.append(sum(seen.values()))
+            return out
+
+        return run
+
+    steps = [(names, wrap(step)) for names, step in state["steps"]]
+    _iteration(state, batch, size, device, precision, steps)
+    param_bytes = sum(p.numel() * p.element_size() for p in params.values())
+    trained_bytes = sum(p.numel() * p.element_size() for p in trained.values())
+    return {"activations": max(per_step), "state": param_bytes + 3 * trained_bytes}
 
 
 def measure_training(methods=None, ngf=16, n_blocks=3, ndf=None, size=64, batch=1, iterations=3, warmup=1,
-                     settle=1, device="cpu", seed=0, log=None):
-    """Seconds per training iteration of each method, and its ratio to CycleGAN's.
+                     settle=1, device="cpu", seed=0, log=None, precisions=("fp32",)):
+    """Seconds per training iteration of each method in each precision, ratios to CycleGAN, memory.
 
-    Every method's networks and optimisers are built first; then rounds run each method in
-    turn (``warmup`` untimed rounds, ``iterations`` timed ones), so a change in machine load
-    hits every method alike. Within a round a method runs ``settle`` untimed iterations before
-    the timed one: the first iteration after switching methods pays for cold caches and fresh
-    pages (up to 2x at small sizes), which a training run, one method throughout, does not.
-    Returns ``{method: {"iteration_s",
-    "relative_to_cyclegan", "iterations_s"}}`` (plus ``peak_gpu_mb`` on CUDA).
+    Every method's networks and optimisers are built first, one set per precision; then rounds
+    run each method and precision in turn (``warmup`` untimed rounds, ``iterations`` timed
+    ones), so a change in machine load hits every method alike. Within a round each runs
+    ``settle`` untimed iterations before the timed one: the first iteration after switching
+    methods pays for cold caches and fresh pages (up to 2x at small sizes), which a training
+    run, one method throughout, does not. ``precisions`` holds "fp32", "bf16", "fp16" or
+    "auto" (resolved per method as ``dicyc train`` resolves it; an "auto" that resolves to
+    fp32 reuses the fp32 timing). The first warm-up iteration of each counts training memory
+    (:func:`_memory_iteration`).
+
+    Returns ``{method: {"iteration_s", "relative_to_cyclegan", "iterations_s" (first precision),
+    "precisions": {p: {"iteration_s", "iterations_s", "precision", "memory_mb"}},
+    "auto_precision", "auto_speedup", "memory_mb", "memory_relative_to_cyclegan"}}`` (plus
+    ``peak_gpu_mb`` on CUDA).
     """
     import torch
 
     from dicyc.device import resolve_device
     from dicyc.methods import METHODS
+    from dicyc.train import Precision, resolve_precision
 
     log = log or _quiet
     dev = resolve_device(device)
     methods = list(METHODS) if methods is None else list(methods)
+    precisions = list(precisions)
     ndf = int(ndf if ndf is not None else ngf)
-    states = {}
-    for name in methods:
-        states[name] = _training_state(name, int(ngf), int(n_blocks), ndf, int(size), int(batch), dev, seed)
-    times = {name: [] for name in methods}
-    peaks = {name: 0.0 for name in methods}
+    resolved = {(m, p): resolve_precision(p, dev, m) for m in methods for p in precisions}
+    runs = []  # (method, resolved precision) actually timed
+    for key, value in resolved.items():
+        if (key[0], value) not in runs:
+            runs.append((key[0], value))
+    states = {run: _training_state(run[0], int(ngf), int(n_blocks), ndf, int(size), int(batch), dev, seed)
+              for run in runs}
+    amp = {run: (None if run[1] == "fp32" else Precision(run[1], dev)) for run in runs}
+    times = {run: [] for run in runs}
+    memory = {}
+    peaks = {run: 0.0 for run in runs}
     for r in range(int(warmup) + max(1, int(iterations))):
         timed = r >= int(warmup)
-        for name in methods:
+        for run in runs:
+            if run not in memory:
+                memory[run] = _memory_iteration(states[run], int(batch), int(size), dev, amp[run])
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             for _ in range(int(settle) if timed else 0):
-                _iteration(states[name], int(batch), int(size), dev)
+                _iteration(states[run], int(batch), int(size), dev, amp[run])
             _sync(dev)
             t0 = time.perf_counter()
-            _iteration(states[name], int(batch), int(size), dev)
+            _iteration(states[run], int(batch), int(size), dev, amp[run])
             _sync(dev)
             if timed:
-                times[name].append(time.perf_counter() - t0)
+                times[run].append(time.perf_counter() - t0)
             if dev.type == "cuda":
-                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(dev) / 2**20)
+                peaks[run] = max(peaks[run], torch.cuda.max_memory_allocated(dev) / 2**20)
         if timed:
             log(f"  round {r - int(warmup) + 1}/{iterations}: "
-                + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in methods))
+                + ", ".join(f"{m}{'' if p == 'fp32' else ' ' + p} {times[(m, p)][-1]:.2f}s" for m, p in runs))
     del states
-    base = _median(times["cyclegan"]) if "cyclegan" in times else None
+    mb = 2.0**20
+    first = precisions[0]
+    base_run = ("cyclegan", resolved[("cyclegan", first)]) if "cyclegan" in methods else None
+    base = _median(times[base_run]) if base_run else None
+    base_memory = (memory[base_run]["activations"] + memory[base_run]["state"]) if base_run else None
     out = {}
     for name in methods:
-        t = _median(times[name])
-        entry = {"iteration_s": t, "relative_to_cyclegan": (t / base) if base else None, "iterations_s": times[name]}
+        entry = {"precisions": {}}
+        for p in precisions:
+            run = (name, resolved[(name, p)])
+            m = memory[run]
+            entry["precisions"][p] = {
+                "precision": run[1], "iteration_s": _median(times[run]), "iterations_s": times[run],
+                "memory_mb": {"activations": m["activations"] / mb, "state": m["state"] / mb,
+                              "total": (m["activations"] + m["state"]) / mb},
+            }
+            if dev.type == "cuda":
+                entry["precisions"][p]["peak_gpu_mb"] = peaks[run]
+        main = entry["precisions"][first]
+        entry.update(iteration_s=main["iteration_s"], iterations_s=main["iterations_s"],
+                     relative_to_cyclegan=(main["iteration_s"] / base) if base else None,
+                     memory_mb=main["memory_mb"]["total"],
+                     memory_relative_to_cyclegan=(main["memory_mb"]["total"] * mb / base_memory) if base_memory else None)
         if dev.type == "cuda":
-            entry["peak_gpu_mb"] = peaks[name]
+            entry["peak_gpu_mb"] = main["peak_gpu_mb"]
+        if "auto" in entry["precisions"] and "fp32" in entry["precisions"]:
+            auto, fp32 = entry["precisions"]["auto"], entry["precisions"]["fp32"]
+            entry["auto_precision"] = auto["precision"]
+            entry["auto_speedup"] = fp32["iteration_s"] / auto["iteration_s"]
         out[name] = entry
     return out
 
@@ -612,9 +763,14 @@ def _run(args, log, mode):
     s = SETTINGS[mode]
     dev = resolve_device(getattr(args, "device", "auto"))
     t_start = time.perf_counter()
+    from dicyc.device import cpu_features
+
     result = {
         "benchmark": "speed",
         "machine": machine_info(),
+        "cpu_features": cpu_features(),
+        "isa_limits": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+                       if os.environ.get(k)} or None,
         "quick": bool(getattr(args, "quick", False)),
         "mode": mode,
         "device": str(dev),
@@ -636,8 +792,13 @@ def _run(args, log, mode):
 
     tr = dict(s["training"])
     log(f"training: one iteration of every method at ngf {tr['ngf']}, {tr['n_blocks']} blocks, "
-        f"{tr['size']}x{tr['size']}, batch {tr['batch']}")
-    result["training"] = measure_training(device=dev, log=log, **tr)
+        f"{tr['size']}x{tr['size']}, batch {tr['batch']}, in {' and '.join(TRAINING_PRECISIONS)}")
+    result["training"] = measure_training(device=dev, log=log, precisions=TRAINING_PRECISIONS, **tr)
+    if s.get("training_papers"):
+        tp = dict(s["training_papers"])
+        log(f"training at the papers' size: {', '.join(tp['methods'])} at ngf {tp['ngf']}, {tp['n_blocks']} blocks, "
+            f"{tp['size']}x{tp['size']}, in {' and '.join(TRAINING_PRECISIONS)}")
+        result["training_papers"] = measure_training(device=dev, log=log, precisions=TRAINING_PRECISIONS, **tp)
 
     ld = s["loader"]
     log(f"loader: {ld['n_batches']} batches of {ld['batch']} slice(s), {ld['size']}x{ld['size']}")
@@ -665,19 +826,25 @@ def _run(args, log, mode):
 def summary(result):
     """The key numbers as a few lines of text."""
     m = result.get("machine", {})
+    flags = result.get("cpu_features") or {}
     lines = [
         f"dicyc bench speed ({result.get('mode')}) on {m.get('cpu') or m.get('processor')}"
         f"{', ' + m['gpu'] if m.get('gpu') else ''}, torch {m.get('torch')}, {m.get('torch_threads')} threads, "
         f"device {result.get('device')}; load average {result.get('load_average_start')} -> "
         f"{result.get('load_average_end')}; {result.get('seconds', 0):.0f} s",
     ]
+    if flags:
+        lines.append("cpu features: " + ", ".join(k for k in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+                                                   if flags.get(k)) + f"; torch capability {flags.get('torch_capability')}"
+                     + (f"; ISA limited by {result['isa_limits']} (emulation)" if result.get("isa_limits") else ""))
     if result.get("note"):
         lines.append(f"note: {result['note']}")
     s = result.get("synthesis")
     if s:
         lines.append(
             f"synthesis (ngf {s['ngf']}, {s['n_blocks']} blocks, {s['size']}x{s['size']}, "
-            f"{s['flops_per_slice'] / 1e9:.1f} GFLOP/slice): default path ({s['precision']}, batch {s['batch']}) "
+            f"{s['flops_per_slice'] / 1e9:.1f} GFLOP/slice): default path ({s['precision']}, "
+            f"{(s.get('path') or {}).get('layout', '?')}, batch {s['batch']}) "
             f"{s['slices_per_s']:.3f} slices/s vs fp32 eager batch-1 reference {s['reference_slices_per_s']:.3f} "
             f"slices/s -> speedup {s['speedup_vs_reference']:.2f}x"
         )
@@ -696,18 +863,27 @@ def summary(result):
             f"{mem['float32_copies_beyond_input']:.2f} float32 copies (numpy peak {mem['numpy_float32_copies']:.2f})"
             + (f" [{mem['note']}]" if mem.get("note") else "")
         )
-    tr = result.get("training")
-    if tr:
-        c = result.get("config", {}).get("training", {})
+    for key in ("training", "training_papers"):
+        tr = result.get(key)
+        if not tr:
+            continue
+        c = result.get("config", {}).get(key, {})
         lines.append(
             f"training iteration (ngf {c.get('ngf')}, {c.get('n_blocks')} blocks, ndf {c.get('ndf')}, "
-            f"{c.get('size')}x{c.get('size')}, batch {c.get('batch')}); seconds and x CycleGAN "
-            f"(paper: DiCyc {PAPER_DICYC_RELATIVE_TIME}x):"
+            f"{c.get('size')}x{c.get('size')}, batch {c.get('batch')}): fp32 seconds and x CycleGAN "
+            f"(paper: DiCyc {PAPER_DICYC_RELATIVE_TIME}x); auto precision, its seconds and speed-up over fp32; "
+            f"training memory and x CycleGAN (paper: DiCyc {PAPER_DICYC_RELATIVE_MEMORY}x):"
         )
         for name, e in tr.items():
             rel = e.get("relative_to_cyclegan")
-            lines.append(f"  {name:<14} {e['iteration_s']:8.3f} s  {rel:5.2f}x" if rel is not None
-                         else f"  {name:<14} {e['iteration_s']:8.3f} s")
+            line = f"  {name:<14} {e['iteration_s']:8.3f} s" + (f" {rel:5.2f}x" if rel is not None else "")
+            if "auto_precision" in e:
+                line += (f" | auto={e['auto_precision']} {e['precisions']['auto']['iteration_s']:8.3f} s "
+                         f"{e['auto_speedup']:5.2f}x")
+            if e.get("memory_mb") is not None:
+                mrel = e.get("memory_relative_to_cyclegan")
+                line += f" | {e['memory_mb']:7.1f} MB" + (f" {mrel:5.2f}x" if mrel is not None else "")
+            lines.append(line)
     ld = result.get("loader")
     if ld:
         lines.append(

@@ -6,6 +6,8 @@ It classifies overlapping patches rather than whole images, so it judges local t
 
 from torch import nn
 
+from dicyc.nets.layers import Conv2d
+
 
 class PatchDiscriminator(nn.Module):
     """C(ndf)-C(2ndf)-...-C(min(2^n,8)ndf, stride 1)-conv to 1 channel; 4x4 kernels, padding 1.
@@ -21,7 +23,7 @@ class PatchDiscriminator(nn.Module):
         self.input_nc, self.ndf, self.n_layers = input_nc, ndf, n_layers
         # No normalisation on the first layer: normalising raw image intensities would
         # throw away the absolute level the discriminator should judge.
-        layers = [nn.Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        layers = [Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
         channels = ndf
         for i in range(1, n_layers + 1):
             out = ndf * min(2 ** i, 8)
@@ -32,7 +34,7 @@ class PatchDiscriminator(nn.Module):
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             channels = out
-        layers.append(nn.Conv2d(channels, 1, kernel_size=4, stride=1, padding=1))
+        layers.append(Conv2d(channels, 1, kernel_size=4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
 
     def forward(self, x):

@@ -8,6 +8,8 @@ shares one set of weights layout (and one model-file format).
 
 from torch import nn
 
+from dicyc.nets.layers import Conv2d, ReflectionPad2d
+
 UPSAMPLE_MODES = ("transpose", "resize")
 
 
@@ -23,11 +25,11 @@ class ResnetBlock(nn.Module):
     def __init__(self, channels):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1),
+            ReflectionPad2d(1),
             nn.Conv2d(channels, channels, kernel_size=3),
             _norm(channels),
             nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1),
+            ReflectionPad2d(1),
             nn.Conv2d(channels, channels, kernel_size=3),
             _norm(channels),
         )
@@ -44,7 +46,7 @@ def _upsample(in_ch, out_ch, mode):
     # avoids the checkerboard pattern transposed convolutions can leave.
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.ReflectionPad2d(1),
+        ReflectionPad2d(1),
         nn.Conv2d(in_ch, out_ch, kernel_size=3),
         _norm(out_ch),
         nn.ReLU(inplace=True),
@@ -56,7 +58,7 @@ def encoder_stages(input_nc, ngf):
 
     Shared by the ResNet generator and UNIT's encoders so both have the papers' front end.
     """
-    stem = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, kernel_size=7), _norm(ngf), nn.ReLU(inplace=True))
+    stem = nn.Sequential(ReflectionPad2d(3), Conv2d(input_nc, ngf, kernel_size=7), _norm(ngf), nn.ReLU(inplace=True))
     down1 = nn.Sequential(nn.Conv2d(ngf, 2 * ngf, kernel_size=3, stride=2, padding=1), _norm(2 * ngf), nn.ReLU(inplace=True))
     down2 = nn.Sequential(
         nn.Conv2d(2 * ngf, 4 * ngf, kernel_size=3, stride=2, padding=1), _norm(4 * ngf), nn.ReLU(inplace=True)
@@ -85,7 +87,7 @@ class ResnetGenerator(nn.Module):
         self.blocks = nn.ModuleList(ResnetBlock(4 * ngf) for _ in range(n_blocks))
         self.up1 = _upsample(4 * ngf, 2 * ngf, upsample)
         self.up2 = _upsample(2 * ngf, ngf, upsample)
-        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7), nn.Tanh())
+        self.head = nn.Sequential(ReflectionPad2d(3), Conv2d(ngf, output_nc, kernel_size=7), nn.Tanh())
 
         self.warp_points = [("stem", input_nc, 1), ("down1", ngf, 1), ("down2", 2 * ngf, 2)]
         self.warp_points += [(f"block{i}", 4 * ngf, 4) for i in range(n_blocks)]

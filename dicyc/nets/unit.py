@@ -29,6 +29,7 @@ so every shared layer is one ``Parameter`` object reachable from both.
 from torch import nn
 
 from dicyc.nets.generator import UPSAMPLE_MODES, ResnetBlock, _upsample, encoder_stages
+from dicyc.nets.layers import Conv2d, ReflectionPad2d
 
 DIRECTIONS = ("a2b", "b2a")
 UNIT_DEFAULTS = {"shared_blocks": 1}
@@ -73,7 +74,7 @@ class UnitDecoder(nn.Module):
         self.blocks = nn.Sequential(*[ResnetBlock(4 * ngf) for _ in range(n_blocks)])
         self.up1 = _upsample(4 * ngf, 2 * ngf, upsample)
         self.up2 = _upsample(2 * ngf, ngf, upsample)
-        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7), nn.Tanh())
+        self.head = nn.Sequential(ReflectionPad2d(3), Conv2d(ngf, output_nc, kernel_size=7), nn.Tanh())
 
     def forward(self, h):
         return self.head(self.up2(self.up1(self.blocks(h))))
