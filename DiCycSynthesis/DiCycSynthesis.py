@@ -1,6 +1,6 @@
 """DiCyc Synthesis: synthesise a CT (or another modality) from an MR inside 3D Slicer, and judge it.
 
-The panel only wires its ``.ui`` to the logic in :mod:`DiCycSynthesisLib.logic` (MRML, VTK,
+The panel only wires its ``.ui`` to the logic in :mod:`DiCycSynthesisLib` (MRML, VTK,
 numpy and the bundled ``dicyc`` engine; no Qt), which is tested on real MRML nodes outside
 Slicer. **Synthesize CT** runs ``PythonSlicer -m dicyc synthesize … --progress-jsonl`` in a
 separate process that a ``QTimer`` polls, so Slicer never freezes; **Cancel** kills the whole
@@ -70,9 +70,9 @@ PyTorch is provided by the PyTorch extension (SlicerPyTorch).
 
 def _lib():
     """The module's logic library (imported lazily: it imports the bundled ``dicyc`` engine)."""
-    from DiCycSynthesisLib import logic
+    import DiCycSynthesisLib
 
-    return logic
+    return DiCycSynthesisLib
 
 
 #
@@ -440,12 +440,12 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
-# DiCycSynthesisLogic — Slicer-style access for scripts; the work is in DiCycSynthesisLib.logic
+# DiCycSynthesisLogic — Slicer-style access for scripts; the work is in DiCycSynthesisLib
 #
 class DiCycSynthesisLogic(ScriptedLoadableModuleLogic):
-    """``DiCycSynthesisLogic().synthesis`` is a :class:`DiCycSynthesisLib.logic.SynthesisLogic`
+    """``DiCycSynthesisLogic().synthesis`` is a :class:`DiCycSynthesisLib.process.SynthesisLogic`
     whose children run with PythonSlicer; the helpers below pass ``slicer.mrmlScene`` to the
-    scene-parameterised functions of :mod:`DiCycSynthesisLib.logic`."""
+    scene-parameterised functions of :mod:`DiCycSynthesisLib`."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)

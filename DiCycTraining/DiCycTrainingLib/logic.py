@@ -47,9 +47,9 @@ _PALETTE = [
 def volume_from_node(node):
     """The node's voxels and world geometry (linear parent transform applied), for writing to a file.
 
-    One conversion serves both modules: :func:`DiCycSynthesisLib.logic.volume_from_node`.
+    One conversion serves both modules: :func:`DiCycCommonLib.nodes.volume_from_node`.
     """
-    from DiCycSynthesisLib.logic import volume_from_node as convert
+    from DiCycCommonLib.nodes import volume_from_node as convert
 
     return convert(node, world=True)
 

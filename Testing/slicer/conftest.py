@@ -76,7 +76,7 @@ def scene(bare_scene):
 def slice_views(scene):
     """Red, Yellow and Green slice views (slice + composite nodes) as Slicer's layout makes them;
     returns {name: vtkMRMLSliceLogic}."""
-    from DiCycSynthesisLib.logic import create_slice_views
+    from DiCycSynthesisLib import create_slice_views
 
     app_logic = slicer.vtkMRMLApplicationLogic()
     app_logic.SetMRMLScene(scene)
