@@ -410,6 +410,10 @@ def _safe_streams():
 
 def main(argv=None):
     _safe_streams()
+    # started in the background by a GUI (dicyc.background): never outlive it
+    from dicyc.background import end_with_parent
+
+    end_with_parent()
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
