@@ -1,6 +1,6 @@
 """DiCyc Synthesis: synthesise a CT (or another modality) from an MR inside 3D Slicer, and judge it.
 
-The panel only wires its ``.ui`` to the logic in :mod:`DiCycSynthesisLib.logic` (MRML, VTK,
+The panel only wires its ``.ui`` to the logic in :mod:`DiCycSynthesisLib` (MRML, VTK,
 numpy and the bundled ``dicyc`` engine; no Qt), which is tested on real MRML nodes outside
 Slicer. **Synthesize CT** runs ``PythonSlicer -m dicyc synthesize … --progress-jsonl`` in a
 separate process that a ``QTimer`` polls, so Slicer never freezes; **Cancel** kills the whole
@@ -29,8 +29,11 @@ from slicer.util import VTKObservationMixin
 
 import DiCycDependencies
 from DiCycDependencies import MODEL_PATH_SETTING, pythonSlicerExecutable
+
 POLL_INTERVAL_MS = 200
 MODEL_FILE_ITEM = "Model file…"
+#: application setting: the user's models folder (default ~/.dicyc/models)
+MODELS_FOLDER_SETTING = "DiCyc/ModelsFolder"
 
 
 #
@@ -47,14 +50,19 @@ class DiCycSynthesis(ScriptedLoadableModule):
 Synthesise one imaging modality from another — typically a <b>CT from an MR</b> — with a model
 trained on unpaired data (DiCyc Training or <code>dicyc train</code>), and check the result.
 <ul>
-<li><b>Inputs</b>: the input volume, a model (bundled or a <code>.safetensors</code> file; its card
-shows the method, domains and training spacing), the direction, device and precision.
-<b>Synthesize CT</b> runs in a background process with a progress bar; <b>Cancel</b> stops it.
-The synthetic volume overlays the input voxel for voxel and opens with a soft-tissue CT window
-(W 400 / L 40 HU).</li>
+<li><b>Inputs</b>: the input volume, a model (bundled, from your models folder, or a
+<code>.safetensors</code> file; its card shows the method, domains and training spacing), the
+direction, device and precision. <b>Add to my models</b> copies a model file into your models
+folder (<code>~/.dicyc/models</code>), <b>Remove</b> deletes one from it, <b>Open folder</b> shows it.
+<b>Synthesize CT</b> runs in a background process with a progress bar and a log; <b>Cancel</b>
+stops it. The synthetic volume overlays the input voxel for voxel and opens with a soft-tissue CT
+window (W 400 / L 40 HU); the output selector then goes back to "Create new volume", so the next
+run never overwrites it.</li>
 <li><b>Compare</b>: a checkerboard of synthetic and reference (broken edges at tile borders mean
 misalignment — check the aorta and the spine), an error image |synthetic − reference| with a colour
-table over the reference, and an overlay with layer reveal (opacity) or side-by-side views.</li>
+table over the reference, and an overlay with layer reveal (opacity) or side-by-side views.
+<b>Restore views</b> (also on leaving the module or collapsing Compare) gives back the layout, slice
+orientations and linking you had before.</li>
 <li><b>ROI metrics</b>: MSE, PSNR, SSIM and MAE per segment of a segmentation (draw e.g. the aorta in
 Segment Editor) or inside a Markups ROI box, in a table you can export as CSV. The numbers are
 those of <code>dicyc evaluate --mask</code>.</li>
@@ -70,16 +78,16 @@ PyTorch is provided by the PyTorch extension (SlicerPyTorch).
 
 def _lib():
     """The module's logic library (imported lazily: it imports the bundled ``dicyc`` engine)."""
-    from DiCycSynthesisLib import logic
+    import DiCycSynthesisLib
 
-    return logic
+    return DiCycSynthesisLib
 
 
 #
 # DiCycSynthesisWidget
 #
 class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    #: parameter name → (widget attribute, kind) for the values the panel keeps in its parameter node
+    #: parameter name → selector for the nodes the panel keeps in its parameter node
     NODE_PARAMETERS = {
         "InputVolume": "inputVolumeSelector",
         "OutputVolume": "outputVolumeSelector",
@@ -88,6 +96,8 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         "Segmentation": "segmentationSelector",
         "ROI": "roiSelector",
     }
+    #: packages that Reload reads from disk again (with DiCycDependencies.SHARED_PACKAGES)
+    LIB_PACKAGES = ("DiCycSynthesisLib",)
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -98,6 +108,8 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUIFromParameterNode = False
         self._metricsTableNode = None
         self._modelUsable = False
+        self._savedViews = None  # the views as they were before Compare changed them
+        self._outputNodeID = None  # the output chosen when the running synthesis started
 
     # ----------------------------------------------------------------- set-up
     def setup(self):
@@ -115,9 +127,13 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        DiCycDependencies.addAvailableDevices(self.ui.deviceComboBox)
         self.populateModels()
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChoiceChanged)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
+        self.ui.removeModelButton.connect("clicked(bool)", self.onRemoveModel)
+        self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
         for selector in self.NODE_PARAMETERS.values():
             getattr(self.ui, selector).connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         for combo in (self.ui.directionComboBox, self.ui.deviceComboBox, self.ui.precisionComboBox):
@@ -132,6 +148,8 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkerboardButton.connect("clicked(bool)", self.onCheckerboard)
         self.ui.errorImageButton.connect("clicked(bool)", self.onErrorImage)
         self.ui.overlayButton.connect("clicked(bool)", self.onOverlay)
+        self.ui.restoreViewsButton.connect("clicked(bool)", self.restoreViews)
+        self.ui.compareCollapsibleButton.connect("contentsCollapsed(bool)", self.onCompareCollapsed)
         self.ui.computeMetricsButton.connect("clicked(bool)", self.onComputeMetrics)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
 
@@ -147,11 +165,17 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.synthesis.cancel()
         self.removeObservers()
 
+    def onReload(self):
+        """Developer Reload: read the Lib packages from disk again too, not only this file."""
+        DiCycDependencies.forgetPackages(self.LIB_PACKAGES + DiCycDependencies.SHARED_PACKAGES)
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self):
         self.initializeParameterNode()
         self.takeModelFromTraining()
 
     def exit(self):
+        self.restoreViews()
         self._unobserveParameterNode()
 
     def _unobserveParameterNode(self):
@@ -166,10 +190,12 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setRunning(False, "Cancelled: the scene was closed.")
         self.setParameterNode(None)
         self._metricsTableNode = None
+        self._savedViews = None  # the views are reset with the scene
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
             self.initializeParameterNode()
+        self.updateButtons()
 
     # ----------------------------------------------------------------- parameter node
     def initializeParameterNode(self):
@@ -229,13 +255,27 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     # ----------------------------------------------------------------- model
-    def populateModels(self):
+    def modelsFolder(self):
+        """The user's models folder (setting DiCyc/ModelsFolder, default ~/.dicyc/models)."""
+        return _lib().user_models_folder(slicer.app.settings().value(MODELS_FOLDER_SETTING) or None)
+
+    def populateModels(self, select=None):
+        """Bundled models, then the user's models folder, then "Model file…"; ``select``: a path to choose."""
         combo = self.ui.modelComboBox
-        combo.clear()
-        for path in _lib().bundled_models():
-            combo.addItem(os.path.basename(str(path)), str(path))
-            combo.setItemData(combo.count - 1, str(path), qt.Qt.ToolTipRole)
-        combo.addItem(MODEL_FILE_ITEM, "")
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            for entry in _lib().list_models(self.modelsFolder()):
+                label = entry["name"] if entry["kind"] == "bundled" else f"{entry['name']} (my models)"
+                combo.addItem(label, str(entry["path"]))
+                combo.setItemData(combo.count - 1, str(entry["path"]), qt.Qt.ToolTipRole)
+            combo.addItem(MODEL_FILE_ITEM, "")
+        finally:
+            combo.blockSignals(wasBlocked)
+        if select:
+            self.selectModelPath(str(select))
+        else:
+            self.onModelChoiceChanged()
 
     def currentModelPath(self):
         data = self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex)
@@ -288,6 +328,35 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.synthesizeButton.toolTip = (
                     f"Run the model on the input volume: {labels[self.ui.directionComboBox.currentText]}.")
         self.updateParameterNodeFromGUI()
+        self.updateButtons()
+
+    def onAddModel(self):
+        """Copy the model file chosen with "Model file…" into the user's models folder."""
+        path = self.currentModelPath()
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not add the model to your models folder.", waitCursor=True):
+            added = _lib().add_model(path, self.modelsFolder())
+            self.populateModels(select=added)
+            slicer.util.showStatusMessage(f"{added.name} is now in {added.parent}", 3000)
+
+    def onRemoveModel(self):
+        path = self.currentModelPath()
+        if not path or not _lib().is_user_model(path, self.modelsFolder()):
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+                f"Delete {os.path.basename(path)} from your models folder ({self.modelsFolder()})?",
+                "DiCyc: remove model"):
+            return
+        with slicer.util.tryWithErrorDisplay("Could not remove the model.", waitCursor=True):
+            _lib().remove_model(path, self.modelsFolder())
+            self.populateModels()
+
+    def onOpenModelsFolder(self):
+        folder = self.modelsFolder()
+        with slicer.util.tryWithErrorDisplay(f"Could not open {folder}."):
+            folder.mkdir(parents=True, exist_ok=True)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
     # ----------------------------------------------------------------- synthesis
     def updateButtons(self, *args):
@@ -295,11 +364,17 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.synthesizeButton.enabled = (not running and self.ui.inputVolumeSelector.currentNode() is not None
                                             and self._modelUsable)
         self.ui.cancelButton.enabled = running
+        model = self.currentModelPath()
+        userModel = bool(model) and _lib().is_user_model(model, self.modelsFolder())
+        fileChoice = not self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex)
+        self.ui.addModelButton.enabled = self._modelUsable and fileChoice and not userModel
+        self.ui.removeModelButton.enabled = userModel
         haveBoth = (self.ui.syntheticVolumeSelector.currentNode() is not None
                     and self.ui.referenceVolumeSelector.currentNode() is not None)
         for button in (self.ui.checkerboardButton, self.ui.errorImageButton, self.ui.overlayButton,
                        self.ui.computeMetricsButton):
             button.enabled = haveBoth
+        self.ui.restoreViewsButton.enabled = self._savedViews is not None
         self.ui.exportCsvButton.enabled = self._metricsTableNode is not None
 
     def setRunning(self, running, message=""):
@@ -314,28 +389,37 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if inputNode is None or not model:
             slicer.util.errorDisplay("Select an input volume and a model first.")
             return
-        if not DiCycDependencies.ensureDependencies("synthesis", DiCycDependencies.SYNTHESIS):
+        if not DiCycDependencies.ensureDependencies("synthesis"):
             return
         options = dict(direction=self.ui.directionComboBox.currentText, device=self.ui.deviceComboBox.currentText,
                        precision=self.ui.precisionComboBox.currentText, batch=self.ui.batchSpinBox.value)
+        outputNode = self.ui.outputVolumeSelector.currentNode()
+        self._outputNodeID = outputNode.GetID() if outputNode is not None else None
+        self.ui.logTextEdit.clear()
         if self.ui.backgroundCheckBox.checked:
             with slicer.util.tryWithErrorDisplay("Could not start the synthesis.", waitCursor=True):
                 self.logic.synthesis.start(slicer.mrmlScene, inputNode, model, **options)
                 self.setRunning(True, "Starting the background process…")
+                self.ui.logTextEdit.appendPlainText(" ".join(self.logic.synthesis.process.command))
                 self.timer.start()
             self.updateButtons()
             return
         with slicer.util.tryWithErrorDisplay("Synthesis failed.", waitCursor=True):
             self.setRunning(True, "Synthesising inside Slicer (the window does not respond until it is done)…")
             slicer.app.processEvents()
-            node, info = _lib().synthesize_in_process(
-                slicer.mrmlScene, inputNode, model, output_node=self.ui.outputVolumeSelector.currentNode(), **options)
-            self.showResult(node, inputNode, f"Done: {info['slices']} slices on {info['device']} "
-                                             f"({info['precision']}) in {info['seconds']:.1f} s.")
+            node, info = _lib().synthesize_in_process(slicer.mrmlScene, inputNode, model, output_node=outputNode,
+                                                      **options)
+            message = (f"Done: {info['slices']} slices on {info['device']} ({info['precision']}) "
+                       f"in {info['seconds']:.1f} s.")
+            self.ui.logTextEdit.appendPlainText(message)
+            self.showResult(node, inputNode, message)
         self.updateButtons()
 
     def onTimer(self):
         status = self.logic.synthesis.poll()
+        for event in status["events"]:
+            if event.get("event") == "log":
+                self.ui.logTextEdit.appendPlainText(str(event.get("message", "")))
         self.ui.progressBar.setValue(int(round(100 * status["fraction"])))
         eta = status.get("eta_s")
         etaText = f", about {int(eta) // 60}:{int(eta) % 60:02d} left" if eta else ""
@@ -344,8 +428,9 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.timer.stop()
         inputNode = slicer.mrmlScene.GetNodeByID(self.logic.synthesis.input_node_id or "")
+        outputNode = slicer.mrmlScene.GetNodeByID(self._outputNodeID) if self._outputNodeID else None
         try:
-            node = self.logic.synthesis.finish(slicer.mrmlScene, self.ui.outputVolumeSelector.currentNode())
+            node = self.logic.synthesis.finish(slicer.mrmlScene, outputNode)
         except Exception as exc:  # one sentence from the engine; details in the log
             logging.error("DiCyc synthesis failed:\n%s", "\n".join(self.logic.synthesis.log[-30:]))
             self.setRunning(False, "Failed.")
@@ -354,9 +439,11 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showResult(node, inputNode, "Done.")
 
     def showResult(self, node, inputNode, message):
+        """The result goes to the Compare section; the output selector goes back to "Create new
+        volume", so that the next synthesis never overwrites this one."""
         self.ui.progressBar.setValue(100)
-        self.ui.outputVolumeSelector.setCurrentNode(node)
         self.ui.syntheticVolumeSelector.setCurrentNode(node)
+        self.ui.outputVolumeSelector.setCurrentNode(None)
         slicer.util.setSliceViewerLayers(background=node, foreground=inputNode, foregroundOpacity=0.0, fit=True)
         self.setRunning(False, message)
 
@@ -374,21 +461,41 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _layoutMode(self):
         return "reveal" if self.ui.revealRadioButton.checked else "side-by-side"
 
+    def _keepViews(self):
+        """Before the first change a comparison makes to the views, remember how they were."""
+        if self._savedViews is None:
+            self._savedViews = _lib().save_view_state(slicer.mrmlScene)
+        self.updateButtons()
+
+    def restoreViews(self, *args):
+        """Give the views back as they were before Compare (layout, orientations, linked control)."""
+        if self._savedViews is None:
+            return
+        _lib().restore_view_state(slicer.mrmlScene, self._savedViews)
+        self._savedViews = None
+        self.updateButtons()
+
+    def onCompareCollapsed(self, collapsed):
+        if collapsed:
+            self.restoreViews()
+
     def onCheckerboard(self):
         synthetic, reference = self._pair()
-        if not DiCycDependencies.ensureDependencies("comparison", DiCycDependencies.COMPARISON, needTorch=False):
+        if not DiCycDependencies.ensureDependencies("comparison"):
             return
         with slicer.util.tryWithErrorDisplay("Could not make the checkerboard.", waitCursor=True):
             board = _lib().make_checkerboard_node(slicer.mrmlScene, synthetic, reference, self.ui.tilesSpinBox.value)
+            self._keepViews()
             _lib().setup_overlay(slicer.mrmlScene, board, None, opacity=0.0, layout="reveal")
             slicer.util.resetSliceViews()
 
     def onErrorImage(self):
         synthetic, reference = self._pair()
-        if not DiCycDependencies.ensureDependencies("comparison", DiCycDependencies.COMPARISON, needTorch=False):
+        if not DiCycDependencies.ensureDependencies("comparison"):
             return
         with slicer.util.tryWithErrorDisplay("Could not make the error image.", waitCursor=True):
             error = _lib().make_error_node(slicer.mrmlScene, synthetic, reference)
+            self._keepViews()
             _lib().setup_overlay(slicer.mrmlScene, reference, error, opacity=self.ui.opacitySliderWidget.value,
                                  layout="reveal")
             slicer.util.resetSliceViews()
@@ -396,6 +503,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onOverlay(self):
         synthetic, reference = self._pair()
         with slicer.util.tryWithErrorDisplay("Could not set up the views.", waitCursor=True):
+            self._keepViews()
             _lib().setup_overlay(slicer.mrmlScene, synthetic, reference, opacity=self.ui.opacitySliderWidget.value,
                                  layout=self._layoutMode())
             slicer.util.resetSliceViews()
@@ -413,7 +521,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ----------------------------------------------------------------- ROI metrics
     def onComputeMetrics(self):
         synthetic, reference = self._pair()
-        if not DiCycDependencies.ensureDependencies("comparison", DiCycDependencies.COMPARISON, needTorch=False):
+        if not DiCycDependencies.ensureDependencies("metrics"):
             return
         with slicer.util.tryWithErrorDisplay("Could not compute the metrics.", waitCursor=True):
             rows = _lib().roi_metrics(slicer.mrmlScene, synthetic, reference,
@@ -440,12 +548,12 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
-# DiCycSynthesisLogic — Slicer-style access for scripts; the work is in DiCycSynthesisLib.logic
+# DiCycSynthesisLogic — Slicer-style access for scripts; the work is in DiCycSynthesisLib
 #
 class DiCycSynthesisLogic(ScriptedLoadableModuleLogic):
-    """``DiCycSynthesisLogic().synthesis`` is a :class:`DiCycSynthesisLib.logic.SynthesisLogic`
+    """``DiCycSynthesisLogic().synthesis`` is a :class:`DiCycSynthesisLib.process.SynthesisLogic`
     whose children run with PythonSlicer; the helpers below pass ``slicer.mrmlScene`` to the
-    scene-parameterised functions of :mod:`DiCycSynthesisLib.logic`."""
+    scene-parameterised functions of :mod:`DiCycSynthesisLib`."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)

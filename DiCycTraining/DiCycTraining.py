@@ -22,9 +22,11 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
 import DiCycDependencies
 from DiCycDependencies import MODEL_PATH_SETTING, pythonSlicerExecutable
+
 POLL_INTERVAL_MS = 500
 
 
@@ -45,8 +47,10 @@ domain A and domain B (files, folders, list files, or volumes loaded in the scen
 (<i>dicyc</i> is deformation-invariant: it copes with domains that are not aligned), the main
 hyper-parameters and an output folder, then <b>Start training</b>. Training runs in a separate
 process: the progress bar, ETA, loss chart and preview update while you keep working.
-<b>Stop</b> ends it; <b>Resume</b> continues from the last checkpoint. When a model exists,
-<b>Use for synthesis</b> opens DiCyc Synthesis with it.
+<b>Stop</b> ends it; <b>Resume</b> continues from the last checkpoint. A run folder that another
+training is using (another Slicer, a script) is refused, and closing Slicer during a training asks
+first; the training never outlives Slicer. When a model exists, <b>Use for synthesis</b> opens
+DiCyc Synthesis with it.
 """
         self.parent.acknowledgementText = """
 Methods after Wang et al., "DiCyc: GAN-based deformation invariant cross-domain information
@@ -58,13 +62,32 @@ PyTorch comes from the PyTorch extension (SlicerPyTorch).
 #
 # DiCycTrainingWidget
 #
-class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
+class _CloseGuard(qt.QObject):
+    """Event filter on Slicer's main window: closing Slicer while a training runs asks first."""
+
+    def __init__(self, widget):
+        qt.QObject.__init__(self)
+        self.widget = widget
+
+    def eventFilter(self, watched, event):
+        if event.type() == qt.QEvent.Close and not self.widget.confirmClose():
+            event.ignore()
+            return True  # Slicer stays open
+        return False
+
+
+class DiCycTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    #: packages that Reload reads from disk again (with DiCycDependencies.SHARED_PACKAGES)
+    LIB_PACKAGES = ("DiCycTrainingLib",)
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
         self.logic = None
         self.timer = None
         self.shownPreview = None
-        self.shownChartID = None
+        self.shownChart = None
+        self.closeGuard = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -79,6 +102,7 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onTimer)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         # methods, with their one-line descriptions
         for name, description in TrainingLogic.methods():
@@ -90,7 +114,10 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
         self.onMethodChanged()
         self.setDefaults(TrainingLogic.default_options())
+        DiCycDependencies.addAvailableDevices(self.ui.deviceComboBox)
 
+        self.ui.domainAFolderButton.connect("clicked(bool)", lambda: self.onAddDomainFolder("A"))
+        self.ui.domainBFolderButton.connect("clicked(bool)", lambda: self.onAddDomainFolder("B"))
         self.ui.startButton.connect("clicked(bool)", self.onStart)
         self.ui.stopButton.connect("clicked(bool)", self.onStop)
         self.ui.resumeButton.connect("clicked(bool)", self.onResume)
@@ -98,14 +125,54 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
         self.ui.showLossPlotButton.connect("clicked(bool)", self.onShowLossPlot)
         self.ui.outputDirectoryPathLineEdit.connect("currentPathChanged(QString)", self.updateButtons)
 
+        mainWindow = slicer.util.mainWindow()
+        if mainWindow is not None:
+            self.closeGuard = _CloseGuard(self)
+            mainWindow.installEventFilter(self.closeGuard)
         self.updateButtons()
 
     def cleanup(self):
         """Slicer closes (or the module reloads): end a running training; it can be resumed later."""
+        if self.closeGuard is not None:
+            mainWindow = slicer.util.mainWindow()
+            if mainWindow is not None:
+                mainWindow.removeEventFilter(self.closeGuard)
+            self.closeGuard = None
         if self.timer is not None:
             self.timer.stop()
         if self.logic is not None and self.logic.running:
             self.logic.stop()
+        self.removeObservers()
+
+    def onReload(self):
+        """Developer Reload: read the Lib packages from disk again too, not only this file."""
+        DiCycDependencies.forgetPackages(self.LIB_PACKAGES + DiCycDependencies.SHARED_PACKAGES)
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def confirmClose(self):
+        """Asked when Slicer is about to close: True lets it close (a running training is stopped
+        first; Resume continues it later), False keeps Slicer open."""
+        if self.logic is None or not self.logic.running:
+            return True
+        state = self.logic.state
+        where = f" (iteration {state.iteration} of {state.total})" if state is not None and state.total else ""
+        checkpoint = state.checkpoint_iteration if state is not None else None
+        resume = (f"Resume continues it from its last checkpoint (iteration {checkpoint})." if checkpoint
+                  else "No checkpoint has been written yet, so it would start over.")
+        if not slicer.util.confirmYesNoDisplay(
+                f"A DiCyc training is running{where}. Closing Slicer stops it; {resume}\n\nClose Slicer anyway?",
+                "DiCyc: training in progress"):
+            return False
+        self.timer.stop()
+        self.logic.stop()
+        return True
+
+    def onSceneEndClose(self, caller, event):
+        """The loss chart went with the scene: a running training gets a new one, shown at once."""
+        self.shownChart = None
+        state = self.logic.state if self.logic is not None else None
+        if self.logic is not None and self.logic.running and state is not None and state.history:
+            self.updateLossPlot(state)
 
     # ----------------------------------------------------------------- GUI ⇄ options
     def setDefaults(self, defaults):
@@ -133,11 +200,25 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
             "modality_b": self.ui.domainBModalityComboBox.currentText.strip() or "CT",
         }
 
+    @staticmethod
+    def splitPaths(text):
+        return [p.strip() for p in str(text).split(";") if p.strip()]
+
     def domainItems(self, pathLineEdit, nodesComboBox):
         """Paths typed or browsed (several separated by ';') plus the checked scene volumes."""
-        items = [p.strip() for p in pathLineEdit.currentPath.split(";") if p.strip()]
-        items += list(nodesComboBox.checkedNodes())
-        return items
+        return self.splitPaths(pathLineEdit.currentPath) + list(nodesComboBox.checkedNodes())
+
+    def onAddDomainFolder(self, domain):
+        """Pick a folder of volumes (the path field's own browse button picks files) and add it to the list."""
+        lineEdit = getattr(self.ui, f"domain{domain}PathLineEdit")
+        paths = self.splitPaths(lineEdit.currentPath)
+        start = paths[-1] if paths else ""
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, f"DiCyc: a folder of domain {domain} volumes", start)
+        if not folder:
+            return
+        if folder not in paths:
+            paths.append(folder)
+        lineEdit.currentPath = ";".join(paths)
 
     def outputDirectory(self):
         path = self.ui.outputDirectoryPathLineEdit.currentPath.strip()
@@ -149,19 +230,31 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
     def updateButtons(self, *args):
         running = self.logic is not None and self.logic.running
         outDir = self.outputDirectory()
+        busy = None if running or not outDir else self.logic.in_use(outDir)
         hasRun = bool(outDir) and self.logic.has_checkpoint(outDir)
-        self.ui.startButton.enabled = not running
+        self.ui.startButton.enabled = not running and not busy
         self.ui.stopButton.enabled = running
-        self.ui.resumeButton.enabled = not running and hasRun
+        self.ui.resumeButton.enabled = not running and hasRun and not busy
         self.ui.useForSynthesisButton.enabled = bool(outDir) and self.logic.model_path(outDir) is not None
         for name in ("dataCollapsibleButton", "methodCollapsibleButton", "outputCollapsibleButton"):
             getattr(self.ui, name).enabled = not running
+        if busy:
+            self.ui.statusLabel.text = busy[0].upper() + busy[1:]
 
     # ----------------------------------------------------------------- actions
+    def _refuseBusyFolder(self, outDir):
+        busy = self.logic.in_use(outDir)
+        if busy:
+            slicer.util.errorDisplay(busy[0].upper() + busy[1:])
+            self.updateButtons()
+        return bool(busy)
+
     def onStart(self):
         outDir = self.outputDirectory()
         if not outDir:
             slicer.util.errorDisplay("Choose an output folder for the training run.")
+            return
+        if self._refuseBusyFolder(outDir):
             return
         if self.logic.has_checkpoint(outDir):
             if slicer.util.confirmYesNoDisplay(
@@ -174,7 +267,7 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
         if not itemsA or not itemsB:
             slicer.util.errorDisplay("Choose volumes for both domain A and domain B (files, folders or scene volumes).")
             return
-        if not DiCycDependencies.ensureDependencies("training", DiCycDependencies.TRAINING):
+        if not DiCycDependencies.ensureDependencies("training"):
             return
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
             inputs = os.path.join(outDir, "inputs")
@@ -189,7 +282,9 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
         if not outDir or not self.logic.has_checkpoint(outDir):
             slicer.util.errorDisplay("The output folder holds no training run to resume.")
             return
-        if not DiCycDependencies.ensureDependencies("training", DiCycDependencies.TRAINING):
+        if self._refuseBusyFolder(outDir):
+            return
+        if not DiCycDependencies.ensureDependencies("training"):
             return
         with slicer.util.tryWithErrorDisplay("Could not resume training.", waitCursor=True):
             self.logic.resume(outDir, {"device": self.options()["device"]})
@@ -251,12 +346,12 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget):
 
     def updateLossPlot(self, state):
         table, chart = self.logic.update_loss_plot(slicer.mrmlScene, state)
-        if chart.GetID() != self.shownChartID:
+        if chart is not self.shownChart:  # first chart, or a new one after a scene close
             self.showChart(chart)
 
     def showChart(self, chart):
         slicer.modules.plots.logic().ShowChartInLayout(chart)
-        self.shownChartID = chart.GetID()
+        self.shownChart = chart
 
     def onShowLossPlot(self):
         state = self.logic.state
@@ -340,9 +435,9 @@ class DiCycTrainingTest(ScriptedLoadableModuleTest):
 
     def test_TrainingFromSceneVolumes(self):
         self.delayDisplay("Starting the DiCyc Training test")
-        if DiCycDependencies.missingPackages(DiCycDependencies.TRAINING):
-            self.delayDisplay("Skipped: " + ", ".join(DiCycDependencies.missingPackages(DiCycDependencies.TRAINING))
-                              + " not installed (install the PyTorch extension).")
+        missing = DiCycDependencies.missingPackages("training")
+        if missing:
+            self.delayDisplay("Skipped: " + ", ".join(missing) + " not installed (install the PyTorch extension).")
             return
         from DiCycTrainingLib.logic import TrainingLogic
 

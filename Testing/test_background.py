@@ -5,8 +5,11 @@ leave neither behind. The children are tiny ``python -c`` scripts, so these test
 """
 
 import ctypes
+import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -256,3 +259,196 @@ def test_synthesize_cli_progress_jsonl(tmp_path):
     assert [e["event"] for e in events] == ["start", "error"]
     assert "bad.txt" in events[-1]["message"]
     assert proc.error_message().startswith("dicyc synthesize: error: ")
+
+
+# ===================================================================== a child never outlives its parent
+#: Stands in for 3D Slicer: starts a background command, says its pid, and waits to be killed.
+SLICER_STAND_IN = textwrap.dedent(
+    """
+    import json, sys, time
+    from dicyc.background import BackgroundProcess
+    proc = BackgroundProcess(json.loads(sys.argv[1])).start()
+    print(proc.pid, flush=True)
+    time.sleep(600)
+    """
+)
+#: Stands in for Slicer's PythonSlicer launcher: runs the real interpreter as a child and waits for it,
+#: so the trainer's direct parent is not the process that must be watched. The trainer's output goes
+#: to a file here, so a pipe broken by the parent's death cannot end it either: only its watchdog can.
+LAUNCHER = textwrap.dedent(
+    """
+    import subprocess, sys
+    with open(sys.argv[1], "w") as log:
+        sys.exit(subprocess.call([sys.executable] + sys.argv[2:], stdout=log, stderr=log))
+    """
+)
+
+
+def _signal_all(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def _live_processes_mentioning(text):
+    """Live (non-zombie) pids whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                cmdline = fh.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text in cmdline and pid_alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the watchdog itself is portable")
+@pytest.mark.parametrize("through_launcher", [False, True], ids=["direct-child", "through-launcher"])
+def test_killing_the_parent_of_a_background_training_ends_the_training(tmp_path, toy_pair, through_launcher):
+    """SIGKILL the process that started ``dicyc train`` in the background (Slicer crashing): the
+    trainer must be gone within seconds and its run folder free for Resume."""
+    from dicyc.runlock import LOCK_NAME, is_locked
+
+    mr, ct = toy_pair
+    out = tmp_path / "run"
+    train = ["-m", "dicyc", "train", "--method", "cyclegan", "--a", mr, "--b", ct, "--out", str(out),
+             "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--slice-size", "32", "--spacing", "8",
+             "--iterations", "100000", "--device", "cpu"]
+    launcher = ["-c", LAUNCHER, str(tmp_path / "trainer.log")] if through_launcher else []
+    command = [sys.executable] + launcher + train
+    env = dict(os.environ, DICYC_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    with _Subreaper() as reaper:
+        slicer = subprocess.Popen([sys.executable, "-c", SLICER_STAND_IN, json.dumps(command)],
+                                  stdout=subprocess.PIPE, text=True, env=env)
+        child = int(slicer.stdout.readline())
+        deadline = time.monotonic() + 180
+        while not is_locked(out):  # the trainer is past start-up and holds its run folder
+            assert time.monotonic() < deadline and pid_alive(child), "the training never started"
+            time.sleep(0.1)
+        trainer = json.loads((out / LOCK_NAME).read_text())["pid"]
+        assert (trainer == child) != through_launcher
+        assert pid_alive(trainer)
+
+        slicer.kill()  # SIGKILL: no cleanup of any kind in the parent
+        slicer.wait(10)
+        t0 = time.monotonic()
+        try:
+            while pid_alive(trainer) or pid_alive(child):
+                assert time.monotonic() - t0 < 10, "the training outlived its parent"
+                time.sleep(0.05)
+        finally:  # whatever happened, leave nothing running
+            _signal_all([trainer, child], signal.SIGKILL)
+            reaper.reap(trainer)
+            reaper.reap(child)
+    assert not is_locked(out)  # Resume can use the folder again
+    assert _live_processes_mentioning(str(out)) == []
+    if through_launcher:
+        assert "has ended; stopping" in (tmp_path / "trainer.log").read_text()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_the_watchdog_alone_ends_a_child_whose_parent_is_not_its_direct_parent():
+    """No parent-death signal (the watched process is not the direct parent, as with a launcher):
+    the watchdog thread sees the parent gone and ends the child."""
+    from dicyc.background import PARENT_PID_ENV, PARENT_START_ENV, _proc_start_time
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICYC_PARENT")}
+    env[PARENT_PID_ENV] = str(parent.pid)
+    start = _proc_start_time(parent.pid)
+    if start:
+        env[PARENT_START_ENV] = start
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", "import time; from dicyc.background import end_with_parent; "
+         "end_with_parent(interval=0.1); print('watching', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert watcher.stdout.readline().strip() == "watching"
+        time.sleep(0.3)
+        assert watcher.poll() is None  # the parent lives: the child carries on
+        parent.kill()
+        parent.wait(10)
+        code = watcher.wait(10)
+    finally:
+        for proc in (parent, watcher):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert code == -signal.SIGTERM
+    assert "has ended; stopping" in watcher.stderr.read()
+
+
+def test_parent_identity_survives_pid_reuse_and_a_plain_process_is_not_watched():
+    from dicyc.background import PARENT_PID_ENV, _proc_start_time, end_with_parent, parent_alive, parent_environment
+
+    assert end_with_parent({}) is None and end_with_parent({PARENT_PID_ENV: "not a pid"}) is None
+    assert end_with_parent({PARENT_PID_ENV: str(os.getpid())}) is None  # never watches itself
+    env = parent_environment()
+    assert env[PARENT_PID_ENV] == str(os.getpid())
+    assert parent_alive(os.getpid(), env.get("DICYC_PARENT_START"))
+    if _proc_start_time(os.getpid()) is not None:
+        assert not parent_alive(os.getpid(), "1")  # same pid, another process: gone
+
+
+def test_windows_children_and_taskkill_get_no_console_window(monkeypatch):
+    """The Windows code path, run on any OS with the calls recorded: the child and the cancel's
+    taskkill are started with CREATE_NO_WINDOW and a hidden STARTUPINFO, as
+    slicer.util.launchConsoleProcess does, and the child in its own process group."""
+    import dicyc.background as background
+
+    class StartupInfo:
+        def __init__(self):
+            self.dwFlags = 0
+            self.wShowWindow = 1
+
+    class FakeProc:
+        pid, _handle = 4242, 0
+
+        def __init__(self):
+            self.code = None
+            self.stdout, self.stderr = io.StringIO(""), io.StringIO("")
+
+        def poll(self):
+            return self.code
+
+        def wait(self, timeout=None):
+            self.code = 1
+            return 1
+
+    calls = []
+    monkeypatch.setattr(background, "_IS_WINDOWS", True)
+    monkeypatch.setattr(subprocess, "STARTUPINFO", StartupInfo, raising=False)
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: calls.append(("Popen", cmd, kw)) or FakeProc())
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(("run", cmd, kw)))
+    monkeypatch.setattr(background, "_windows_kill_on_close_job", lambda handle: None)
+    proc = background.BackgroundProcess(["PythonSlicer.exe", "-m", "dicyc", "train"])
+    proc.start()
+    proc.cancel(timeout=0)
+    (_, cmd, popen), (_, kill, run) = calls
+    assert cmd[0] == "PythonSlicer.exe" and kill[:4] == ["taskkill", "/T", "/F", "/PID"]
+    for kwargs in (popen, run):
+        assert kwargs["creationflags"] & 0x08000000  # CREATE_NO_WINDOW
+        info = kwargs["startupinfo"]
+        assert info.dwFlags & 1 and info.wShowWindow == 0  # STARTF_USESHOWWINDOW, SW_HIDE
+    assert popen["creationflags"] & 0x00000200  # CREATE_NEW_PROCESS_GROUP: the tree taskkill ends
+    assert "start_new_session" not in popen
+    assert popen["env"]["DICYC_PARENT_PID"] == str(os.getpid())  # the child watches this process
+
+
+def test_windows_job_limits_have_the_x64_layout():
+    """JOBOBJECT_EXTENDED_LIMIT_INFORMATION is 144 bytes on 64-bit Windows; the ctypes mirror must match
+    (its field types are fixed-width, so the layout is the same on any 64-bit OS)."""
+    import ctypes
+
+    from dicyc.background import _ExtendedLimits
+
+    if ctypes.sizeof(ctypes.c_void_p) != 8:
+        pytest.skip("64-bit layout")
+    assert ctypes.sizeof(_ExtendedLimits) == 144
+    assert _ExtendedLimits.BasicLimitInformation.offset == 0 and _ExtendedLimits.IoInfo.offset == 64

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 import dicyc.device as device_mod  # noqa: E402
 import dicyc.synthesize as syn  # noqa: E402
-from dicyc.device import NO_CUDA_MESSAGE, fast_low_precision, resolve_device  # noqa: E402
+from dicyc.device import NO_CUDA_MESSAGE, NO_MPS_MESSAGE, fast_low_precision, mps_available, resolve_device  # noqa: E402
 from dicyc.errors import DicycError  # noqa: E402
 from dicyc.modelfile import load_model, save_model  # noqa: E402
 from dicyc.nets import build_generator  # noqa: E402
@@ -109,6 +109,19 @@ def test_resolve_device_cuda_without_gpu(spec):
     assert NO_CUDA_MESSAGE == (
         "CUDA was requested (--device cuda) but this machine has no usable CUDA GPU; use --device cpu or auto."
     )
+
+
+def test_resolve_device_mps(monkeypatch):
+    """Apple's MPS by name; where torch has none, one sentence."""
+    if mps_available():
+        assert resolve_device("mps").type == "mps"
+    else:
+        with pytest.raises(DicycError) as err:
+            resolve_device("MPS")
+        assert str(err.value) == NO_MPS_MESSAGE
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert mps_available() and resolve_device("mps") == torch.device("mps")
+    assert resolve_device("auto").type != "mps"  # auto never picks MPS on its own
 
 
 @pytest.mark.parametrize("spec", ["gpu", "cuda:x", "cuda:-1", "cpu0"])

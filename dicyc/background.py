@@ -10,12 +10,19 @@ modules drive it from a ``QTimer`` and the test-suite drives it directly:
   command writes (``--progress-jsonl``); :meth:`BackgroundProcess.poll` hands over whatever
   arrived since the last call, never waiting;
 * :meth:`BackgroundProcess.cancel` ends the whole process *tree* — the command and anything it
-  started (``torchrun`` workers, data-loader processes) — and returns only once nothing is left.
+  started (``torchrun`` workers, data-loader processes) — and returns only once nothing is left;
+* a child never outlives the process that started it (Slicer crashing or being killed must not
+  leave a training running): the child calls :func:`end_with_parent`, which watches the parent
+  named in its environment and ends the child when the parent is gone (a watchdog thread on
+  every OS, plus ``PR_SET_PDEATHSIG`` on Linux); on Windows the child is also put in a Job
+  Object that the OS kills when the parent's handle to it closes;
+* on Windows no console window flashes up, for the child or for the cancel's ``taskkill``.
 
 Contract: ``docs/engine-contracts.md``, "Background work".
 """
 
 import collections
+import ctypes
 import os
 import queue
 import re
@@ -33,6 +40,22 @@ _IS_WINDOWS = os.name == "nt"
 _ERROR_LINE = re.compile(r"^dicyc(?: [\w-]+)?: error: .+")
 #: stderr/stdout lines kept for :meth:`BackgroundProcess.error_message` and the log tail.
 _TAIL_LINES = 200
+
+#: The child's environment names its parent, so that it can end when the parent is gone:
+#: the parent's pid, its start time (Linux, against pid reuse) and whether the parent asks for a
+#: parent-death signal (only when it starts the child from its main thread: Linux sends the
+#: signal when the *thread* that started the child ends).
+PARENT_PID_ENV = "DICYC_PARENT_PID"
+PARENT_START_ENV = "DICYC_PARENT_START"
+PARENT_DEATHSIG_ENV = "DICYC_PARENT_DEATHSIG"
+#: How often the child's watchdog looks at its parent (seconds).
+PARENT_WATCH_INTERVAL_S = 0.5
+#: After the parent is gone: SIGTERM to the child's process group, SIGKILL after this many seconds.
+ORPHAN_GRACE_S = 5.0
+_PR_SET_PDEATHSIG = 1
+#: Windows process-creation flags: no console window; a process group of its own.
+_CREATE_NO_WINDOW = 0x08000000
+_CREATE_NEW_PROCESS_GROUP = 0x00000200
 
 
 def dicyc_command(*args, python=None):
@@ -79,6 +102,18 @@ def _proc_stat(pid):
         return fields[0], int(fields[1]), int(fields[2])
     except (IndexError, ValueError):
         return None
+
+
+def _proc_start_time(pid):
+    """Linux: when ``pid`` started (clock ticks since boot, field 22 of /proc/PID/stat), as a
+    string; None where it cannot be read. With the pid it names one process, even after pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = data[data.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
 
 
 def _windows_pid_alive(pid):
@@ -164,6 +199,187 @@ def _signal_pids(pids, sig):
             pass
 
 
+# ===================================================================== Windows: no console, a job
+def hidden_window_options():
+    """``subprocess`` keyword arguments that keep a console window from appearing on Windows
+    (as ``slicer.util.launchConsoleProcess`` does); empty elsewhere."""
+    if not _IS_WINDOWS:
+        return {}
+    info = subprocess.STARTUPINFO()
+    info.dwFlags |= getattr(subprocess, "STARTF_USESHOWWINDOW", 1)
+    info.wShowWindow = 0  # SW_HIDE
+    return {"startupinfo": info, "creationflags": getattr(subprocess, "CREATE_NO_WINDOW", _CREATE_NO_WINDOW)}
+
+
+class _BasicLimits(ctypes.Structure):  # JOBOBJECT_BASIC_LIMIT_INFORMATION
+    _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
+                ("LimitFlags", ctypes.c_uint32), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", ctypes.c_uint32),
+                ("Affinity", ctypes.c_size_t), ("PriorityClass", ctypes.c_uint32), ("SchedulingClass", ctypes.c_uint32)]
+
+
+class _IoCounters(ctypes.Structure):  # IO_COUNTERS
+    _fields_ = [(name, ctypes.c_uint64) for name in ("ReadOperationCount", "WriteOperationCount", "OtherOperationCount",
+                                                     "ReadTransferCount", "WriteTransferCount", "OtherTransferCount")]
+
+
+class _ExtendedLimits(ctypes.Structure):  # JOBOBJECT_EXTENDED_LIMIT_INFORMATION
+    _fields_ = [("BasicLimitInformation", _BasicLimits), ("IoInfo", _IoCounters),
+                ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
+                ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]
+
+
+_JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
+_JOB_OBJECT_EXTENDED_LIMIT_INFORMATION = 9
+
+
+def _windows_kill_on_close_job(process_handle):
+    """Put a started process into a new Job Object that ends it (and what it starts afterwards)
+    when the last handle to the job closes — at the latest when this process ends, however it
+    ends. Returns the job handle, or None where that is not possible (the watchdog still works)."""
+    try:
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.CreateJobObjectW.restype = ctypes.c_void_p
+        kernel32.CreateJobObjectW.argtypes = (ctypes.c_void_p, ctypes.c_wchar_p)
+        kernel32.SetInformationJobObject.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+        kernel32.AssignProcessToJobObject.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+        kernel32.CloseHandle.argtypes = (ctypes.c_void_p,)
+        job = kernel32.CreateJobObjectW(None, None)
+        if not job:
+            return None
+        limits = _ExtendedLimits()
+        limits.BasicLimitInformation.LimitFlags = _JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+        if not (kernel32.SetInformationJobObject(job, _JOB_OBJECT_EXTENDED_LIMIT_INFORMATION, ctypes.byref(limits),
+                                                 ctypes.sizeof(limits))
+                and kernel32.AssignProcessToJobObject(job, int(process_handle))):
+            kernel32.CloseHandle(job)
+            return None
+        return job
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _windows_close_handle(handle):
+    try:
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.CloseHandle.argtypes = (ctypes.c_void_p,)
+        kernel32.CloseHandle(handle)
+    except (AttributeError, OSError):
+        pass
+
+
+# ===================================================================== the child: end with the parent
+def parent_environment():
+    """The variables that name this process as the parent of a child it is about to start."""
+    env = {PARENT_PID_ENV: str(os.getpid())}
+    start = _proc_start_time(os.getpid()) if os.path.isdir("/proc/self") else None
+    if start:
+        env[PARENT_START_ENV] = start
+    if threading.current_thread() is threading.main_thread():
+        env[PARENT_DEATHSIG_ENV] = "1"
+    return env
+
+
+def parent_alive(pid, start=None):
+    """True while process ``pid`` lives and (where ``start`` is given and readable) is the same
+    process that had that start time, not a later one that reuses the pid."""
+    if not pid_alive(pid):
+        return False
+    if start:
+        now = _proc_start_time(pid)
+        if now is not None and now != str(start):
+            return False
+    return True
+
+
+def _set_parent_death_signal():
+    """Linux: ask the kernel for SIGTERM when the parent (the thread that started us) ends."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _wait_for_windows_parent(pid, interval):
+    """Block until Windows process ``pid`` has ended (a handle to it is exact, whatever pid reuse)."""
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = ctypes.c_void_p
+    kernel32.OpenProcess.argtypes = (ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32)
+    kernel32.WaitForSingleObject.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+    handle = kernel32.OpenProcess(0x00100000, False, int(pid))  # SYNCHRONIZE
+    if not handle:
+        return  # already gone
+    try:
+        while kernel32.WaitForSingleObject(handle, int(interval * 1000)) != 0:  # 0: WAIT_OBJECT_0, it ended
+            pass
+    finally:
+        _windows_close_handle(handle)
+
+
+def _end_orphaned_process(parent_pid, grace=ORPHAN_GRACE_S):
+    """The parent is gone: end this process and (when it leads one) its process group."""
+    try:
+        print(f"dicyc: the process that started this one (pid {parent_pid}) has ended; stopping.",
+              file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+    if not _IS_WINDOWS:
+        leader = os.getpgrp() == os.getpid()  # a BackgroundProcess child leads its own group
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                if leader:
+                    os.killpg(os.getpid(), sig)
+                else:
+                    os.kill(os.getpid(), sig)
+            except OSError:
+                pass
+            time.sleep(grace)  # SIGTERM ends us here unless a handler delays it
+    os._exit(1)
+
+
+def _watch_parent(pid, start, interval):
+    if _IS_WINDOWS:
+        try:
+            _wait_for_windows_parent(pid, interval)
+        except (AttributeError, OSError):
+            while pid_alive(pid):
+                time.sleep(interval)
+    else:
+        while parent_alive(pid, start):
+            time.sleep(interval)
+    _end_orphaned_process(pid)
+
+
+def end_with_parent(environ=None, interval=PARENT_WATCH_INTERVAL_S):
+    """In a child started by :class:`BackgroundProcess`: end this process when that parent ends.
+
+    The parent puts its pid (and start time) in the child's environment
+    (:func:`parent_environment`); without them this does nothing and returns None. Otherwise a
+    daemon thread checks the parent every ``interval`` seconds and, once it is gone, ends this
+    process (SIGTERM to its process group, SIGKILL after a grace period; ``os._exit`` on
+    Windows). On Linux a parent-death signal is also requested, which ends the child at once
+    when its direct parent dies. Works whether the parent is the direct parent or, as with
+    Slicer's ``PythonSlicer`` launcher, a process further up. Returns the watchdog thread.
+    """
+    environ = os.environ if environ is None else environ
+    text = str(environ.get(PARENT_PID_ENV, "")).strip()
+    if not text.isdigit() or int(text) == os.getpid():
+        return None
+    pid = int(text)
+    start = environ.get(PARENT_START_ENV) or None
+    if environ.get(PARENT_DEATHSIG_ENV) == "1":
+        _set_parent_death_signal()
+    if not parent_alive(pid, start):  # it died before we got here
+        _end_orphaned_process(pid)
+    thread = threading.Thread(target=_watch_parent, args=(pid, start, interval), daemon=True,
+                              name="dicyc-parent-watchdog")
+    thread.start()
+    return thread
+
+
 # ===================================================================== the runner
 class BackgroundProcess:
     """Run ``command`` (a list of strings) in the background and follow it.
@@ -198,6 +414,7 @@ class BackgroundProcess:
         self._cancelled = False
         self._pgid = None
         self._drained = False
+        self._job = None
 
     # ----------------------------------------------------------------- life cycle
     def start(self):
@@ -211,15 +428,19 @@ class BackgroundProcess:
                 self._offset = 0
         kwargs = {}
         if _IS_WINDOWS:
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
+            kwargs.update(hidden_window_options())
+            kwargs["creationflags"] = kwargs.get("creationflags", 0) | getattr(
+                subprocess, "CREATE_NEW_PROCESS_GROUP", _CREATE_NEW_PROCESS_GROUP)
         else:
             kwargs["start_new_session"] = True  # own session and process group: the tree to kill
+        env = dict(self.env or {})
+        env.update(parent_environment())  # the child ends when this process ends (end_with_parent)
         self._proc = subprocess.Popen(
             self.command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=child_environment(self.env),
+            env=child_environment(env),
             cwd=self.cwd,
             text=True,
             encoding="utf-8",
@@ -227,7 +448,9 @@ class BackgroundProcess:
             bufsize=1,
             **kwargs,
         )
-        if not _IS_WINDOWS:
+        if _IS_WINDOWS:
+            self._job = _windows_kill_on_close_job(getattr(self._proc, "_handle", 0))
+        else:
             self._pgid = self._proc.pid  # session leader: its pid is the group id
         for stream, name in ((self._proc.stdout, "stdout"), (self._proc.stderr, "stderr")):
             thread = threading.Thread(target=self._reader, args=(stream, name), daemon=True,
@@ -388,12 +611,16 @@ class BackgroundProcess:
     def _cancel_windows(self, timeout):
         if self._proc.poll() is None:
             subprocess.run(["taskkill", "/T", "/F", "/PID", str(self._proc.pid)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+                           **hidden_window_options())
         try:
             self._proc.wait(max(float(timeout), 1.0))
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if self._job:  # closing the job ends anything of the tree that taskkill missed
+            _windows_close_handle(self._job)
+            self._job = None
 
     def _cancel_posix(self, timeout):
         pgid = self._pgid

@@ -201,7 +201,7 @@ def _add_train(sub):
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, model, previews, events)")
     p.add_argument("--config", metavar="JSON", help="JSON file of training options")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (Apple GPU) (default auto)")
     p.add_argument("--progress-jsonl", metavar="FILE", help="also write the JSON-lines events to FILE")
     for flag, key, typ, text in TRAIN_OPTIONS:
         p.add_argument(flag, dest=key, type=typ, help=text)
@@ -245,7 +245,7 @@ def _add_synthesize(sub):
     p.add_argument("--input", required=True, metavar="IN", help="input volume (file or DICOM folder)")
     p.add_argument("--output", required=True, metavar="OUT", help="output volume (.nii.gz, .nrrd, .mha, … or a folder for DICOM)")
     p.add_argument("--direction", default="a2b", choices=("a2b", "b2a"), help="a2b (default) or b2a; see the model card")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (Apple GPU) (default auto)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto uses bf16/fp16 only where it is fast here and stays within 40 dB PSNR of fp32")
     p.add_argument("--batch", type=int, default=8, metavar="N", help="slices per batch (default 8)")
@@ -335,7 +335,7 @@ def _add_bench(sub):
         q = which.add_parser(name, help=text, description=text)
         q.add_argument("--quick", action="store_true", help="small networks and a short schedule (minutes on a CPU)")
         q.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE")
-        q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+        q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (Apple GPU) (default auto)")
         q.add_argument("--out", metavar="DIR", help="folder for models, volumes and figures (default: a folder in the cache)")
         if name == "abdomen":
             q.add_argument("--methods", nargs="+", metavar="M",
@@ -431,6 +431,10 @@ def _safe_streams():
 
 def main(argv=None):
     _safe_streams()
+    # started in the background by a GUI (dicyc.background): never outlive it
+    from dicyc.background import end_with_parent
+
+    end_with_parent()
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning

@@ -1,6 +1,6 @@
 """Choosing the torch device and a low precision that is actually fast on it.
 
-Users type ``--device auto|cpu|cuda|cuda:N``; a typo or a missing GPU must give one clear
+Users type ``--device auto|cpu|cuda|cuda:N|mps``; a typo or a missing GPU must give one clear
 sentence, not a torch traceback deep inside inference. torch is imported lazily so the CLI
 starts fast.
 """
@@ -16,6 +16,10 @@ NO_CUDA_MESSAGE = (
     "CUDA was requested (--device cuda) but this machine has no usable CUDA GPU; use --device cpu or auto."
 )
 
+NO_MPS_MESSAGE = (
+    "Apple MPS was requested (--device mps) but PyTorch has no usable MPS device here; use --device cpu or auto."
+)
+
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: the CPU features that decide which arithmetic is fast, recorded with benchmark results
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
@@ -29,10 +33,22 @@ CPU_BF16_ENV = "DICYC_CPU_BF16"
 PROBE_CACHE_ENV = "DICYC_PROBE_CACHE"
 
 
-def resolve_device(spec="auto"):
-    """``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` (or a torch.device) → ``torch.device``.
+def mps_available():
+    """True where PyTorch can run on Apple's Metal (MPS) GPU (Apple silicon, torch built with MPS)."""
+    import torch
 
-    ``auto`` takes the GPU when one is usable so the default is the fast path.
+    backend = getattr(torch.backends, "mps", None)
+    try:
+        return bool(backend is not None and backend.is_available())
+    except Exception:  # a build without the MPS runtime
+        return False
+
+
+def resolve_device(spec="auto"):
+    """``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` | ``"mps"`` (or a torch.device) → ``torch.device``.
+
+    ``auto`` takes a CUDA GPU when one is usable so the default is the fast path; Apple's MPS is
+    used only when asked for by name.
     """
     import torch
 
@@ -43,9 +59,13 @@ def resolve_device(spec="auto"):
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if text == "cpu":
         return torch.device("cpu")
+    if text == "mps":
+        if not mps_available():
+            raise DicycError(NO_MPS_MESSAGE)
+        return torch.device("mps")
     match = re.fullmatch(r"cuda(?::(\d+))?", text)
     if not match:
-        raise DicycError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N.")
+        raise DicycError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps.")
     if not torch.cuda.is_available():
         raise DicycError(NO_CUDA_MESSAGE)
     if match.group(1) is None:

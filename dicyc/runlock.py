@@ -66,6 +66,11 @@ def _holder(path):
         return ""
 
 
+def _in_use_sentence(folder):
+    return (f"{folder} is in use by another training{_holder(Path(folder) / LOCK_NAME)}; "
+            "wait for it to finish or stop it before training there.")
+
+
 class RunLock:
     """Exclusive lock on a run folder; a context manager. ``acquire`` refuses in one sentence."""
 
@@ -87,8 +92,7 @@ class RunLock:
                 raise DicycError(f"cannot lock the run folder {self.folder}: {exc.strerror or exc}.") from None
             if not _lock_file(fh):
                 fh.close()
-                raise DicycError(f"{self.folder} is in use by another training{_holder(self.path)}; "
-                                 "wait for it to finish or stop it before training there.")
+                raise DicycError(_in_use_sentence(self.folder))
             try:
                 fh.seek(0)
                 fh.truncate()
@@ -139,3 +143,8 @@ def is_locked(folder):
         return True
     finally:
         fh.close()
+
+
+def in_use_message(folder):
+    """The one sentence a second trainer on ``folder`` is refused with, or None while the folder is free."""
+    return _in_use_sentence(Path(folder)) if is_locked(folder) else None

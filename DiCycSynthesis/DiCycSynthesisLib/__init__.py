@@ -1,57 +1,65 @@
-"""Logic of the DiCycSynthesis module (MRML, VTK, numpy and ``dicyc`` only; no Qt)."""
+"""Logic of the DiCycSynthesis module (MRML, VTK, numpy and ``dicyc`` only; no Qt).
 
-from .logic import (
-    CT_WINDOWS,
-    DEFAULT_CT_WINDOW,
-    SynthesisLogic,
+One module per concern, each found in one hop:
+
+* node ⇄ Volume conversion — :mod:`DiCycCommonLib.nodes` (shared with DiCyc Training; its
+  names are re-exported here);
+* :mod:`.display` — CT windows, the error colour table, how a synthetic volume is shown;
+* :mod:`.models` — model cards, bundled models and the user's models folder;
+* :mod:`.process` — synthesis in a background process (:class:`SynthesisLogic`) or in this one;
+* :mod:`.compare` — checkerboard and error volumes, slice compositing, saving and restoring views;
+* :mod:`.roi` — metrics per segment or Markups ROI box;
+* :mod:`.table` — the metrics table node and its CSV export.
+
+Everything takes the MRML scene as a parameter, so ``Testing/slicer`` runs it on real MRML
+nodes from the ``slicer-core`` wheel.
+"""
+
+from DiCycCommonLib.nodes import (
     add_volume_node,
-    bundled_models,
-    create_slice_views,
+    copy_geometry,
     ensure_display_node,
-    error_color_node,
-    export_table_csv,
     ijk_to_ras_of,
-    make_checkerboard_node,
-    make_error_node,
-    metrics_table_node,
-    model_search_folders,
-    model_summary,
-    roi_box_mask,
-    roi_metrics,
-    segment_masks,
-    set_ct_window,
-    setup_overlay,
-    slice_composite_nodes,
-    synthesize_in_process,
-    table_rows,
     update_node_from_volume,
     volume_from_node,
 )
 
+from .compare import (
+    OVERLAY_LAYOUTS,
+    create_slice_views,
+    make_checkerboard_node,
+    make_error_node,
+    restore_view_state,
+    save_view_state,
+    setup_overlay,
+    slice_composite_nodes,
+)
+from .display import CT_WINDOWS, DEFAULT_CT_WINDOW, error_color_node, set_ct_window, set_window_level, style_synthetic
+from .models import (
+    MODELS_ENV,
+    add_model,
+    bundled_models,
+    is_user_model,
+    list_models,
+    model_search_folders,
+    model_summary,
+    remove_model,
+    target_domain,
+    user_models,
+    user_models_folder,
+)
+from .process import SynthesisLogic, synthesize_in_process
+from .roi import roi_box_mask, roi_metrics, segment_masks
+from .table import TABLE_COLUMNS, export_table_csv, metrics_table_node, table_rows
+
 __all__ = [
-    "CT_WINDOWS",
-    "DEFAULT_CT_WINDOW",
+    "CT_WINDOWS", "DEFAULT_CT_WINDOW", "MODELS_ENV", "OVERLAY_LAYOUTS", "TABLE_COLUMNS",
     "SynthesisLogic",
-    "add_volume_node",
-    "bundled_models",
-    "create_slice_views",
-    "ensure_display_node",
-    "error_color_node",
-    "export_table_csv",
-    "ijk_to_ras_of",
-    "make_checkerboard_node",
-    "make_error_node",
-    "metrics_table_node",
-    "model_search_folders",
-    "model_summary",
-    "roi_box_mask",
-    "roi_metrics",
-    "segment_masks",
-    "set_ct_window",
-    "setup_overlay",
-    "slice_composite_nodes",
-    "synthesize_in_process",
-    "table_rows",
-    "update_node_from_volume",
-    "volume_from_node",
+    "add_model", "add_volume_node", "bundled_models", "copy_geometry", "create_slice_views", "ensure_display_node",
+    "error_color_node", "export_table_csv", "ijk_to_ras_of", "is_user_model", "list_models",
+    "make_checkerboard_node", "make_error_node", "metrics_table_node", "model_search_folders", "model_summary",
+    "remove_model", "restore_view_state", "roi_box_mask", "roi_metrics", "save_view_state", "segment_masks",
+    "set_ct_window", "set_window_level", "setup_overlay", "slice_composite_nodes", "style_synthetic",
+    "synthesize_in_process", "table_rows", "target_domain", "update_node_from_volume", "user_models",
+    "user_models_folder", "volume_from_node",
 ]

@@ -9,8 +9,11 @@ What the panel does, as plain Python:
 * run it in the background (:class:`dicyc.background.BackgroundProcess`: a child process, reader
   threads and a queue) and follow its JSON-lines events with :meth:`TrainingLogic.poll`, which
   never blocks — the widget calls it from a ``QTimer``, the tests call it in a loop;
-* stop the run (the whole process tree) and resume it from its last checkpoint;
-* keep a loss table and a plot chart in the scene up to date;
+* stop the run (the whole process tree) and resume it from its last checkpoint; refuse to start
+  a second trainer on a run folder another one holds (its OS lock, :mod:`dicyc.runlock`);
+* keep a loss table and a plot chart in the scene up to date — new rows are appended as they
+  arrive, and once the table is long its older rows are thinned for display, so a poll costs
+  the same after 10 000 iterations as after 10;
 * find the model file a finished run wrote.
 
 Only numpy, VTK, Slicer's MRML classes and ``dicyc`` are imported, so this runs under the
@@ -27,6 +30,7 @@ import vtk
 from dicyc.background import BackgroundProcess, dicyc_command, pid_alive
 from dicyc.errors import DicycError
 from dicyc.events import format_duration, read_events
+from dicyc.runlock import in_use_message
 from dicyc.volume import write_volume
 
 #: file a run started from this module writes its events to (``--progress-jsonl``), in the run folder
@@ -35,6 +39,10 @@ PROGRESS_FILE = "progress.jsonl"
 OPTIONS_FILE = "slicer_options.json"
 #: node attribute marking the loss table / chart / series this module manages
 NODE_ATTRIBUTE = "DiCyc.TrainingLosses"
+#: the loss table shows at most this many rows: every one of the newest RECENT_LOSS_ROWS, and an
+#: evenly thinned selection (every 2nd, 4th, … logged iteration) of the older ones
+MAX_LOSS_ROWS = 2000
+RECENT_LOSS_ROWS = 500
 
 #: colours of the loss curves, in the order the losses first appear (Tableau 10)
 _PALETTE = [
@@ -47,9 +55,9 @@ _PALETTE = [
 def volume_from_node(node):
     """The node's voxels and world geometry (linear parent transform applied), for writing to a file.
 
-    One conversion serves both modules: :func:`DiCycSynthesisLib.logic.volume_from_node`.
+    One conversion serves both modules: :func:`DiCycCommonLib.nodes.volume_from_node`.
     """
-    from DiCycSynthesisLib.logic import volume_from_node as convert
+    from DiCycCommonLib.nodes import volume_from_node as convert
 
     return convert(node, world=True)
 
@@ -64,9 +72,10 @@ def _is_volume_node(item):
 
 
 # ===================================================================== run state
-def _loss_names(history):
-    """Loss names of ``history`` rows (``{"iteration", "losses"}``) in the order they first appear."""
-    names = []
+def _loss_names(history, known=()):
+    """Loss names of ``history`` rows (``{"iteration", "losses"}``) in the order they first appear,
+    after the names already ``known``."""
+    names = list(known)
     for row in history:
         for name in row["losses"]:
             if name not in names:
@@ -113,6 +122,9 @@ class TrainingState:
         self.new_log = []
         self.events = []
         self.history_changed = False
+        #: bumped whenever rows already in ``history`` are removed or replaced (a resume logging
+        #: again after its checkpoint), so a display that only appends knows to start over
+        self.history_edits = 0
 
     # ----------------------------------------------------------------- derived
     @property
@@ -167,6 +179,7 @@ class TrainingState:
         # a resumed run repeats the iterations after its last checkpoint: keep the newest values
         while self.history and self.history[-1]["iteration"] >= iteration:
             self.history.pop()
+            self.history_edits += 1
         self.history.append({"iteration": int(iteration), "losses": dict(losses)})
         self.history_changed = True
 
@@ -195,6 +208,7 @@ class TrainingState:
             if len(kept) != len(self.history):
                 self.history = kept
                 self.history_changed = True
+                self.history_edits += 1
         elif kind == "iteration":
             self.losses = dict(event.get("losses") or {})
             self.lr = event.get("lr", self.lr)
@@ -255,6 +269,7 @@ class TrainingLogic:
         self.out_dir = None
         self._table = None
         self._chart = None
+        self._shown = None  # what the loss table holds (see update_loss_plot)
 
     # ----------------------------------------------------------------- choices
     @staticmethod
@@ -412,6 +427,9 @@ class TrainingLogic:
         if self.running:
             raise RuntimeError("a training run is already in progress; stop it first.")
         out_dir = Path(out_dir).expanduser().resolve()
+        busy = self.in_use(out_dir)
+        if busy:
+            raise DicycError(busy)
         if not resume and self.has_checkpoint(out_dir):
             raise DicycError(f"{out_dir} already holds a training run; resume it or choose another output folder.")
         if resume and not self.has_checkpoint(out_dir):
@@ -491,6 +509,14 @@ class TrainingLogic:
 
     # ----------------------------------------------------------------- results
     @staticmethod
+    def in_use(out_dir):
+        """One sentence when another trainer (another Slicer, a script, a ``dicyc train`` left
+        running) holds ``out_dir``'s run lock; None when the folder is free."""
+        if out_dir is None or not Path(out_dir).is_dir():
+            return None
+        return in_use_message(out_dir)
+
+    @staticmethod
     def has_checkpoint(out_dir):
         return out_dir is not None and (Path(out_dir) / "checkpoint.safetensors").exists()
 
@@ -528,44 +554,80 @@ class TrainingLogic:
 
     # ----------------------------------------------------------------- loss plot
     @staticmethod
-    def loss_table(scene, history, table=None, name="DiCyc training losses"):
+    def loss_table(scene, history, table=None, name="DiCyc training losses", rows=None):
         """A table node (columns ``iteration`` + one per loss, one row per logged iteration).
 
-        ``history``: list of ``{"iteration", "losses"}`` (``TrainingState.history``). Reuses
-        ``table`` when given (its content is replaced). A loss missing in a row is NaN.
+        ``history``: list of ``{"iteration", "losses"}`` (``TrainingState.history``); ``rows``:
+        the indices of ``history`` to show (default all). Reuses ``table`` when given (its
+        content is replaced). A loss missing in a row is NaN.
         """
         if table is None:
             table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
             table.SetAttribute(NODE_ATTRIBUTE, "table")
         names = _loss_names(history)
+        rows = range(len(history)) if rows is None else rows
         vtable = vtk.vtkTable()
-        columns = []
         for column_name in ["iteration"] + names:
             column = vtk.vtkDoubleArray()
             column.SetName(column_name)
-            column.SetNumberOfTuples(len(history))
             vtable.AddColumn(column)
-            columns.append(column)
-        for r, row in enumerate(history):
-            columns[0].SetValue(r, float(row["iteration"]))
-            for c, loss in enumerate(names, start=1):
-                value = row["losses"].get(loss)
-                columns[c].SetValue(r, float("nan") if value is None else float(value))
+        _append_rows(vtable, names, (history[r] for r in rows))
         table.SetAndObserveTable(vtable)
         table.Modified()
         return table
 
+    @staticmethod
+    def display_rows(n, max_rows=MAX_LOSS_ROWS, recent=RECENT_LOSS_ROWS):
+        """(indices of an ``n``-row history to show, stride of the older part).
+
+        All rows while they fit in ``max_rows // 2``; beyond that the newest ``recent`` rows in
+        full and every ``stride``-th older row, with the smallest power-of-two stride that brings
+        the total to ``max_rows // 2`` or less — so new rows can then be appended ``max_rows // 2``
+        times before the table must be thinned again.
+        """
+        budget = max_rows // 2
+        if n <= budget:
+            return list(range(n)), 1
+        older = n - recent
+        stride = 1
+        while -(-older // stride) + recent > budget:
+            stride *= 2
+        return list(range(0, older, stride)) + list(range(older, n)), stride
+
     def update_loss_plot(self, scene, state, table=None, chart=None):
         """Bring the loss table and chart in ``scene`` up to date with ``state``; returns (table, chart).
 
-        One plot series per loss (x: iteration), all in one chart node, created on first use
-        and reused afterwards (also when passed in). The widget shows the chart with
-        ``slicer.modules.plots.logic().ShowChartInLayout(chart)``.
+        New history rows are appended to the table's columns; the table is rebuilt only when
+        it is new (first use, or after a scene close), when a new loss appears, when a resume
+        replaced logged rows, or when it outgrows :data:`MAX_LOSS_ROWS` (then its older rows
+        are thinned, see :meth:`display_rows`). One plot series per loss (x: iteration), all in
+        one chart node, created on first use and reused afterwards (also when passed in). The
+        widget shows the chart with ``slicer.modules.plots.logic().ShowChartInLayout(chart)``.
         """
         history = state.history if isinstance(state, TrainingState) else list(state or [])
+        edits = state.history_edits if isinstance(state, TrainingState) else None
         table = table or (self._table if _in_scene(scene, self._table) else None)
         chart = chart or (self._chart if _in_scene(scene, self._chart) else None)
-        table = self.loss_table(scene, history, table)
+        n = len(history)
+        shown = self._shown
+        if (shown is None or table is None or shown["table"] is not table or edits is None
+                or shown["edits"] != edits or n < shown["consumed"]):
+            shown = None
+        # loss names in order of appearance; while only appending, only the new rows are read
+        names = _loss_names(history) if shown is None else _loss_names(history[shown["consumed"]:], shown["names"])
+        if (shown is None or shown["names"] != names
+                or shown["rows"] + (n - shown["consumed"]) > MAX_LOSS_ROWS):
+            rows, stride = self.display_rows(n)
+            table = self.loss_table(scene, history, table, rows=rows)
+            shown = {"table": table, "edits": edits, "names": names, "consumed": n, "rows": len(rows),
+                     "stride": stride}
+        elif n > shown["consumed"]:
+            vtable = table.GetTable()
+            _append_rows(vtable, names, history[shown["consumed"]:])
+            shown["rows"] += n - shown["consumed"]
+            shown["consumed"] = n
+            vtable.Modified()
+        self._shown = shown
         if chart is None:
             chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "DiCyc training losses")
             chart.SetAttribute(NODE_ATTRIBUTE, "chart")
@@ -578,7 +640,6 @@ class TrainingLogic:
             series = chart.GetNthPlotSeriesNode(i)
             if series is not None:
                 existing[series.GetYColumnName()] = series
-        names = [table.GetColumnName(c) for c in range(1, table.GetNumberOfColumns())]
         for index, loss in enumerate(names):
             series = existing.get(loss)
             if series is None:
@@ -598,6 +659,17 @@ class TrainingLogic:
         if isinstance(state, TrainingState):
             state.history_changed = False
         return table, chart
+
+
+def _append_rows(vtable, names, rows):
+    """Append history rows to a loss vtkTable whose columns are ``iteration`` + ``names``."""
+    columns = [vtable.GetColumn(c) for c in range(vtable.GetNumberOfColumns())]
+    for row in rows:
+        columns[0].InsertNextValue(float(row["iteration"]))
+        losses = row["losses"]
+        for c, loss in enumerate(names, start=1):
+            value = losses.get(loss)
+            columns[c].InsertNextValue(float("nan") if value is None else float(value))
 
 
 def _in_scene(scene, node):

@@ -13,9 +13,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:
-    import slicer
+HERE = Path(__file__).resolve().parent
 
+
+def _import_slicer():
+    """``import slicer`` without this folder becoming part of it.
+
+    slicer-core's ``slicer`` is a namespace-style package: at import it adds every ``slicer``
+    folder found on ``sys.path`` to its ``__path__``, imports each module in them and copies their
+    public names onto ``slicer``. pytest puts ``Testing/`` on ``sys.path`` (for Testing/conftest.py),
+    so this folder — named ``slicer`` — would be swept in: every test module imported as
+    ``slicer.test_*`` and names such as ``app`` or ``qt`` of the widget harness copied onto
+    ``slicer``. So ``Testing/`` is off ``sys.path`` while ``slicer`` is first imported.
+    """
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != HERE.parent]
+    try:
+        import slicer
+    finally:
+        sys.path[:] = saved
+    slicer.__path__[:] = [p for p in slicer.__path__ if Path(p).resolve() != HERE]
+    return slicer
+
+
+try:
+    slicer = _import_slicer()
     HAVE_SLICER_CORE = hasattr(slicer, "vtkMRMLScene")
 except ImportError:
     slicer = None
@@ -31,7 +53,7 @@ else:
     def pytest_report_header(config):
         return "slicer-core is not installed: the Slicer logic tests in Testing/slicer are not collected"
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = HERE.parents[1]
 for module_dir in ("DiCycSynthesis", "DiCycTraining"):
     path = ROOT / module_dir
     if path.is_dir() and str(path) not in sys.path:
@@ -76,7 +98,7 @@ def scene(bare_scene):
 def slice_views(scene):
     """Red, Yellow and Green slice views (slice + composite nodes) as Slicer's layout makes them;
     returns {name: vtkMRMLSliceLogic}."""
-    from DiCycSynthesisLib.logic import create_slice_views
+    from DiCycSynthesisLib import create_slice_views
 
     app_logic = slicer.vtkMRMLApplicationLogic()
     app_logic.SetMRMLScene(scene)
@@ -156,3 +178,19 @@ def mr_volume():
 def model_card():
     """Factory of the tiny model's card (a fresh dict each call)."""
     return tiny_card
+
+
+# ----------------------------------------------------------------- the widget harness
+@pytest.fixture
+def slicer_app(scene, monkeypatch, tmp_path):
+    """The modules' widgets on this scene, with strict Qt stand-ins (Testing/slicer/standins).
+
+    The user's models folder is a fresh temporary folder. At the end the modules are unloaded
+    (their ``cleanup()`` runs) and the test fails on any dialog it did not expect, any exception
+    raised in a slot, or a wait cursor left on.
+    """
+    from standins import SlicerHarness
+
+    harness = SlicerHarness(scene, monkeypatch, settings={"DiCyc/ModelsFolder": str(tmp_path / "my-models")})
+    yield harness
+    harness.finish()

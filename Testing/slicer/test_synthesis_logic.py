@@ -21,7 +21,9 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
-from DiCycSynthesisLib import logic as L  # noqa: E402
+import DiCycSynthesisLib as L  # noqa: E402
+from DiCycCommonLib.nodes import matrix_to_numpy, numpy_to_matrix  # noqa: E402
+from DiCycSynthesisLib.process import EVENTS_NAME  # noqa: E402
 from dicyc.errors import DicycError  # noqa: E402
 from dicyc.volume import Volume, write_volume  # noqa: E402
 
@@ -143,7 +145,7 @@ def test_logic_background_synthesis_start_poll_finish(scene, mr_volume, tiny_mod
     status, fractions = _run_to_end(logic)
     assert status["returncode"] == 0 and status["error"] is None, logic.log
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    events = [json.loads(line) for line in (work / L.EVENTS_NAME).read_text().splitlines()]
+    events = [json.loads(line) for line in (work / EVENTS_NAME).read_text().splitlines()]
     assert events[0]["event"] == "start" and events[-1]["event"] == "done"
     assert [e["iteration"] for e in events if e["event"] == "iteration"] == [2, 4, 6]
     out = logic.finish(scene)
@@ -275,6 +277,70 @@ def test_logic_setup_overlay_sets_slice_composite_nodes(scene, slice_views, mr_v
         L.setup_overlay(scene, syn_node, ref_node, layout="diagonal")
 
 
+def test_logic_comparison_views_are_given_back(scene, slice_views, mr_volume):
+    """Compare changes layout, orientations and linked control; restoring gives the user's back,
+    and leaves a view the comparison did not rotate wherever the user scrolled it meanwhile."""
+    layout = slicer.vtkMRMLLayoutNode()
+    scene.AddNode(layout)
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    red, yellow, green = (slice_views[n].GetSliceNode() for n in ("Red", "Yellow", "Green"))
+    red.SetOrientation("Axial")
+    yellow.SetOrientation("Sagittal")
+    yellow.SetSliceOffset(7.0)
+    green.SetOrientation("Coronal")
+    syn_node = L.add_volume_node(scene, mr_volume(seed=1), "synthetic")
+    ref_node = L.add_volume_node(scene, mr_volume(seed=2), "reference")
+
+    saved = L.save_view_state(scene)
+    L.setup_overlay(scene, syn_node, ref_node, layout="side-by-side")
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    assert yellow.GetOrientation() == "Axial"
+    assert all(n.GetLinkedControl() for n in L.slice_composite_nodes(scene).values())
+    red.SetSliceOffset(5.0)  # the user scrolls during the comparison
+
+    changed = L.restore_view_state(scene, saved)
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView
+    assert (red.GetOrientation(), yellow.GetOrientation(), green.GetOrientation()) == ("Axial", "Sagittal", "Coronal")
+    assert yellow.GetSliceOffset() == pytest.approx(7.0) and red.GetSliceOffset() == pytest.approx(5.0)
+    assert not any(n.GetLinkedControl() for n in L.slice_composite_nodes(scene).values())
+    assert "Yellow" in changed and L.restore_view_state(scene, saved) == []  # nothing left to give back
+    assert L.restore_view_state(scene, None) == []
+
+
+def test_logic_user_models_folder_add_list_remove(tiny_model, tmp_path, monkeypatch):
+    folder = tmp_path / "my models"
+    monkeypatch.delenv(L.MODELS_ENV, raising=False)
+    assert L.user_models(folder) == [] and L.user_models_folder(folder) == folder
+    assert L.user_models_folder(None).parts[-2:] == (".dicyc", "models")
+    added = L.add_model(tiny_model, folder)
+    assert added == folder / tiny_model.name and added.read_bytes() == tiny_model.read_bytes()
+    assert L.add_model(added, folder) == added  # already there
+    entries = L.list_models(folder)
+    assert [e["kind"] for e in entries].count("user") == 1
+    assert entries[-1] == {"path": added, "name": tiny_model.name, "kind": "user"}
+    assert all(e["kind"] == "bundled" for e in entries[:-1])
+    assert L.is_user_model(added, folder) and not L.is_user_model(tiny_model, folder)
+
+    other = tmp_path / "elsewhere" / tiny_model.name
+    other.parent.mkdir()
+    other.write_bytes(b"\x80\x04 not a model")
+    with pytest.raises(DicycError, match="never unpickles"):
+        L.add_model(other, folder)  # only real model files go in
+    with pytest.raises(DicycError, match="does not exist"):
+        L.add_model(tmp_path / "missing.safetensors", folder)
+    other.write_bytes(tiny_model.read_bytes())
+    with pytest.raises(DicycError, match="already holds a model named"):
+        L.add_model(other, folder)  # another file of that name: never overwritten
+    bundled = [e["path"] for e in entries if e["kind"] == "bundled"]
+    if bundled:
+        with pytest.raises(DicycError, match="only models added there can be removed"):
+            L.remove_model(bundled[0], folder)
+    L.remove_model(added, folder)
+    assert not added.exists() and L.user_models(folder) == []
+    with pytest.raises(DicycError, match="not in your models folder"):
+        L.remove_model(added, folder)
+
+
 def _render(slice_logic, tmp_path, name, size=(96, 80)):
     """The slice view's composited image (what Slicer draws in that view) written to a PNG and read back."""
     slice_node = slice_logic.GetSliceNode()
@@ -313,7 +379,7 @@ def test_logic_renders_comparison_view_offscreen(scene, slice_views, tmp_path):
     path, pixels = _render(red, tmp_path, "checkerboard")
     assert path.stat().st_size > 0
     # expected value of every pixel: the nearest voxel of the checkerboard at its RAS position
-    xy_to_ras = L._matrix_to_numpy(red.GetSliceNode().GetXYToRAS())
+    xy_to_ras = matrix_to_numpy(red.GetSliceNode().GetXYToRAS())
     ras_to_ijk = np.linalg.inv(L.ijk_to_ras_of(board))
     values = L.volume_from_node(board).array
     h, w = pixels.shape[:2]
@@ -426,9 +492,9 @@ def test_logic_roi_metrics_from_rotated_markups_roi(scene, mr_volume, tmp_path):
     m[:3, 3] = centre
     roi.SetCenter(0.0, 0.0, 0.0)
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "box pose")
-    transform.SetMatrixTransformToParent(L._numpy_to_matrix(m))
+    transform.SetMatrixTransformToParent(numpy_to_matrix(m))
     roi.SetAndObserveTransformNodeID(transform.GetID())
-    object_to_world = L._matrix_to_numpy(roi.GetObjectToWorldMatrix())
+    object_to_world = matrix_to_numpy(roi.GetObjectToWorldMatrix())
     assert np.allclose(object_to_world[:3, :3], m[:3, :3]) and np.allclose(object_to_world[:3, 3], centre)
 
     mask = L.roi_box_mask(ref_node, roi)
@@ -515,10 +581,12 @@ FORBIDDEN_IMPORTS = {"qt", "ctk", "qSlicerBaseQTCore", "slicer.util", "slicer.Sc
 
 def test_logic_lib_imports_only_mrml_vtk_numpy_dicyc():
     """<Module>Lib must run without Qt: no qt/ctk imports and no application singletons."""
-    allowed_third_party = {"numpy", "vtk", "slicer", "dicyc"}
+    allowed_third_party = {"numpy", "vtk", "slicer", "dicyc", "DiCycCommonLib"}
     stdlib = set(getattr(sys, "stdlib_module_names", ())) or {"csv", "io", "math", "os", "shutil", "tempfile",
                                                               "warnings", "pathlib"}
-    for path in sorted((MODULE_DIR / "DiCycSynthesisLib").glob("*.py")):
+    lib_files = sorted((MODULE_DIR / "DiCycSynthesisLib").glob("*.py")) + sorted((MODULE_DIR / "DiCycCommonLib").glob("*.py"))
+    assert len(lib_files) >= 8
+    for path in lib_files:
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             names = []

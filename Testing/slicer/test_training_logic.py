@@ -9,6 +9,8 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,7 +23,14 @@ pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install s
 import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
-from DiCycTrainingLib.logic import PROGRESS_FILE, TrainingLogic, TrainingState, volume_from_node  # noqa: E402
+from DiCycTrainingLib.logic import (  # noqa: E402
+    MAX_LOSS_ROWS,
+    PROGRESS_FILE,
+    RECENT_LOSS_ROWS,
+    TrainingLogic,
+    TrainingState,
+    volume_from_node,
+)
 from dicyc.background import pid_alive  # noqa: E402
 from dicyc.cli import build_parser  # noqa: E402
 from dicyc.errors import DicycError  # noqa: E402
@@ -186,6 +195,102 @@ def test_logic_training_state_follows_events_and_resumed_history():
     assert state.done and state.finished and state.fraction == 1.0 and state.model == "/p/model.safetensors"
     failed = TrainingState().apply_all([{"event": "error", "message": "bad input."}])
     assert failed.finished and failed.error == "bad input." and failed.status_text().startswith("Failed")
+
+
+def _iterations(state, first, last, names=("G", "D"), scale=1.0):
+    state.apply_all([{"event": "iteration", "iteration": i, "total_iterations": 100000,
+                      "losses": {name: scale * (k + 1) / i for k, name in enumerate(names)}}
+                     for i in range(first, last + 1)])
+    return state
+
+
+def _column(table, name):
+    column = table.GetTable().GetColumnByName(name)
+    return [column.GetValue(r) for r in range(column.GetNumberOfTuples())]
+
+
+def test_logic_loss_plot_appends_new_rows_and_thins_old_ones(scene):
+    logic, state = TrainingLogic(), TrainingState()
+    table, chart = logic.update_loss_plot(scene, _iterations(state, 1, 10))
+    vtable, columns = table.GetTable(), [table.GetTable().GetColumn(c) for c in range(3)]
+    assert table.GetNumberOfRows() == 10 and _column(table, "iteration") == list(range(1, 11))
+
+    # a poll with new rows appends them: same vtkTable, same column arrays, old values untouched
+    again = logic.update_loss_plot(scene, _iterations(state, 11, 14))
+    assert again == (table, chart) and table.GetTable() is vtable
+    assert [vtable.GetColumn(c) for c in range(3)] == columns
+    assert _column(table, "iteration") == list(range(1, 15))
+    assert _column(table, "D") == pytest.approx([2.0 / i for i in range(1, 15)])
+
+    # a long run: at most MAX_LOSS_ROWS rows, the newest in full, the older evenly thinned
+    _iterations(state, 15, 10000)
+    logic.update_loss_plot(scene, state)
+    shown = [int(v) for v in _column(table, "iteration")]
+    assert len(shown) <= MAX_LOSS_ROWS // 2 and shown[0] == 1
+    assert shown[-RECENT_LOSS_ROWS:] == list(range(10000 - RECENT_LOSS_ROWS + 1, 10001))
+    older = np.diff(shown[: -RECENT_LOSS_ROWS])
+    assert len(set(older)) == 1 and older[0] > 1  # one stride, a power of two
+    assert (older[0] & (older[0] - 1)) == 0
+    assert _column(table, "G") == pytest.approx([1.0 / i for i in shown])
+    vtable = table.GetTable()
+    logic.update_loss_plot(scene, _iterations(state, 10001, 10005))
+    assert table.GetTable() is vtable and int(_column(table, "iteration")[-1]) == 10005  # appended again
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 2
+
+    # a loss that appears later gets its column (NaN before it was logged) and its series
+    state.apply_all([{"event": "iteration", "iteration": 10006, "losses": {"G": 1.0, "D": 2.0, "idt": 0.5}}])
+    table, chart = logic.update_loss_plot(scene, state)
+    idt = _column(table, "idt")
+    assert math.isnan(idt[0]) and idt[-1] == 0.5 and chart.GetNumberOfPlotSeriesNodes() == 3
+
+
+def test_logic_loss_plot_follows_a_resume_and_a_scene_close(scene):
+    logic, state = TrainingLogic(), TrainingState()
+    _iterations(state, 1, 6)
+    table, chart = logic.update_loss_plot(scene, state)
+    # a resumed process starts again from its checkpoint (4) and logs iterations 5, 6 anew
+    state.apply_all([{"event": "start", "iteration": 4, "total_iterations": 100000}])
+    _iterations(state, 5, 6, scale=10.0)
+    assert len(state.history) == 6  # as many rows as before: only the edit count tells them apart
+    logic.update_loss_plot(scene, state)
+    assert _column(table, "G")[-2:] == pytest.approx([10.0 / 5, 10.0 / 6])
+
+    scene.Clear(0)  # File / Close scene: the plot nodes are gone
+    table2, chart2 = logic.update_loss_plot(scene, state)
+    assert scene.IsNodePresent(table2) and scene.IsNodePresent(chart2)
+    assert _column(table2, "iteration") == list(range(1, 7))
+    assert chart2.GetNumberOfPlotSeriesNodes() == 2
+
+
+HOLD_LOCK = """
+import sys, time
+from dicyc.runlock import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_logic_start_and_resume_refuse_a_run_folder_another_trainer_holds(tmp_path, volumes):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(b"x")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    logic = TrainingLogic()
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        sentence = logic.in_use(out)
+        assert sentence and "is in use by another training (pid" in sentence and "\n" not in sentence
+        with pytest.raises(DicycError, match="is in use by another training"):
+            logic.resume(out)
+        with pytest.raises(DicycError, match="is in use by another training"):
+            logic.start("cyclegan", [str(volumes["mr"])], [str(volumes["ct"])], out, TINY)
+        assert logic.process is None  # nothing was started
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert logic.in_use(out) is None and logic.in_use(tmp_path / "missing") is None
 
 
 # ===================================================================== scene volumes as inputs
