@@ -385,7 +385,8 @@ def run_cli(*args):
 def test_evaluate_files_in_process(pair_files):
     f = pair_files
     r = evaluate_files(f["pred"], f["ref"], mask_path=f["mask"])
-    assert set(r) == KEYS | {"resampled", "pred", "ref", "mask", "comparison", "modalities"}
+    assert set(r) == KEYS | {"resampled", "pred", "ref", "mask", "comparison", "modalities", "streak_index",
+                             "streak_index_ref", "streak_ratio"}
     assert r["comparison"] == "same-modality"
     assert r["mask"] == f["mask"] and r["resampled"] is False
     m = f["mask_array"]
@@ -537,6 +538,53 @@ def test_cross_modality_metrics_see_an_outline_move():
     assert metrics.body_outline(mr, "MR").sum() == pytest.approx(metrics.body_outline(_head(ct=True), "CT").sum(), rel=0.05)
 
 
+def test_streaks_rank_a_streaky_volume_above_a_smooth_one():
+    rng = np.random.default_rng(5)
+    shape = (24, 40, 40)
+    smooth = ndimage.gaussian_filter(rng.normal(size=shape), 2.5) * 400.0
+    head = np.zeros(shape, bool)
+    head[2:-2, 5:-5, 5:-5] = True
+    vol = Volume(smooth.astype(np.float32))
+    # slice-wise synthesis: every axial slice gets its own error, coherent over the slice
+    streaky = smooth + rng.normal(0, 6.0, (shape[0], 1, 1)) + 2.0 * ndimage.gaussian_filter(
+        rng.normal(size=shape), (0, 3, 3)) * 20.0
+    base = metrics.slice_streaks(vol, head)
+    worse = metrics.slice_streaks(vol.with_array(streaky.astype(np.float32)), head)
+    assert base["streak_index"] == pytest.approx(1.0, abs=0.15)
+    assert worse["streak_index"] > 1.3 * base["streak_index"]
+    assert metrics.streak_ratio(worse["streak_index"], base["streak_index"]) > 1.3
+    # contrast does not matter, only consistency
+    scaled = metrics.slice_streaks(vol.with_array((smooth * 7 - 1000).astype(np.float32)), head)
+    assert scaled["streak_index"] == pytest.approx(base["streak_index"], rel=1e-6)
+    # white noise is as consistent along z as in-plane
+    noise = metrics.slice_streaks(Volume(rng.normal(size=shape).astype(np.float32)))
+    assert noise["streak_index"] == pytest.approx(1.0, abs=0.03)
+    # undefined without two slices or a region
+    assert metrics.slice_streaks(Volume(smooth[:1].astype(np.float32)))["streak_index"] is None
+    assert metrics.slice_streaks(vol, np.zeros(shape, bool))["streak_index"] is None
+    assert metrics.streak_ratio(None, 1.0) is None
+
+
+def test_streaks_compare_grids_at_one_physical_step():
+    """An isotropic pattern scores about 1 on isotropic voxels, on thick slices and on permuted axes."""
+    k = 2 * np.pi / 24.0
+    for spacing in ((1.0, 1.0, 1.0), (1.0, 1.0, 1.5), (0.8, 0.8, 2.0)):
+        shape = (int(48 / spacing[2]), 48, 48)
+        z, y, x = (np.indices(shape).astype(np.float64) * np.array(spacing[::-1])[:, None, None, None])
+        pattern = np.sin(k * x + 0.3) + np.sin(k * y + 1.1) + np.sin(k * z + 0.7)
+        index = metrics.slice_streaks(Volume(pattern.astype(np.float32), spacing))["streak_index"]
+        assert index == pytest.approx(1.0, abs=0.06), spacing
+    # the S axis is found whatever the array order: a sagittal acquisition (S along numpy's last axis)
+    rng = np.random.default_rng(2)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(20, 30, 30)), 2.0)
+    streaky = smooth + rng.normal(0, 0.05, (20, 1, 1))
+    direction = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # i→P, j→S, k→L
+    axial = metrics.slice_streaks(Volume(streaky.astype(np.float32)))["streak_index"]
+    # the same voxels stored with S along j: numpy (k, j, i) = (L, S, P)
+    stored = np.transpose(streaky, (2, 0, 1))
+    assert metrics.slice_streaks(Volume(stored.astype(np.float32), direction=direction))["streak_index"] == pytest.approx(axial)
+
+
 def _write_vol(path, vol, modality=None):
     write_volume(vol, path, modality=modality)
     return str(path)
@@ -551,6 +599,7 @@ def test_evaluate_a_ct_against_an_mr_reports_outlines_not_psnr(tmp_path):
     assert set(metrics.CROSS_MODALITY_KEYS) <= set(r)
     assert not {"mse", "psnr", "ssim", "ssim_hg", "mae"} & set(r)
     assert 1.0 < r["surface_distance_mean_mm"] < 4.0 and 0.0 < r["dice_outline"] < 1.0
+    assert r["streak_index"] is not None and r["streak_ratio"] == pytest.approx(r["streak_index"] / r["streak_index_ref"])
     # a CT against a CT keeps the voxel-wise metrics
     other = _write_vol(tmp_path / "ct2.nii.gz", _head(ct=True))
     same = evaluate_files(ct, other)

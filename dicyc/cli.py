@@ -56,6 +56,12 @@ tag), else a CT is recognised by its HU statistics (>= 2% of voxels at
 -1100..-900 HU and >= 2% at -200..200 HU, none below -3100). CT against a
 volume that is not CT is cross-modality, as are two different MR weightings
 (T1 vs T2; plain "MR" matches any). --cross-modality/--same-modality decide it.
+
+streaks          slice-to-slice streaks of each volume inside its own body
+                 outline (eroded 3 mm): mean |difference| between neighbouring
+                 axial slices over the mean |difference| in-plane, at one
+                 physical step; about 1 for a volume as consistent along z as
+                 in-plane. Ratio: prediction over reference.
 """
 
 
@@ -110,7 +116,7 @@ def _add_evaluate(sub):
         help="metrics of a prediction against a reference (MSE, PSNR, SSIM, MAE, NMI, SSIM(HG); across "
         "modalities NMI and body-outline Dice and distances)",
         description="Compare a predicted (synthetic) volume with a reference volume: voxel-wise metrics for one "
-        "modality, NMI and body outlines across modalities.",
+        "modality, NMI and body outlines across modalities, and slice-to-slice streaks of both.",
         epilog=EVALUATE_NOTES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -20,6 +20,7 @@ Across modalities (a synthetic CT against its source MR, see :mod:`dicyc.modalit
 SSIM measure the contrast difference between the modalities, not the synthesis, so
 :func:`cross_modality_metrics` reports what is valid there: NMI, the Dice of the two body
 outlines (each found by its own modality's rule) and the distance between the outlines in mm.
+:func:`slice_streaks` measures the slice-to-slice streaks that slice-wise synthesis leaves.
 
 Volumes of 512 x 512 x 300 voxels are processed in slabs of axial slices, so only a few
 slab-sized float64 temporaries exist at a time.
@@ -446,6 +447,117 @@ def cross_modality_metrics(pred_vol, ref_vol, pred_modality=None, ref_modality=N
     return result
 
 
+# ===================================================================== slice consistency
+#: the outline is eroded by this much before streaks are measured: the skin-air edge is a large
+#: difference in every direction, and the head's shape (flat on top, round at the sides) would
+#: otherwise decide the score
+STREAK_ERODE_MM = 3.0
+
+
+def _mean_abs_step(view, mask, axis, lag):
+    """Mean |I(p + lag·e_axis) - I(p)| over voxel pairs both inside ``mask``, and the pair count."""
+    total, count = 0.0, 0
+    n0 = view.shape[0]
+    step = max(1, _SLAB_VOXELS // max(1, view.shape[1] * view.shape[2]))
+    if view.shape[axis] <= lag:
+        return None, 0
+    for z0 in range(0, n0, step):
+        z1 = min(z0 + step, n0)
+        if axis == 0:
+            z1 = min(z1, n0 - lag)
+            if z1 <= z0:
+                break
+            a, b = view[z0:z1], view[z0 + lag : z1 + lag]
+            m = mask[z0:z1] & mask[z0 + lag : z1 + lag]
+        else:
+            lo = [slice(z0, z1), slice(None), slice(None)]
+            hi = list(lo)
+            lo[axis], hi[axis] = slice(0, view.shape[axis] - lag), slice(lag, None)
+            a, b = view[tuple(lo)], view[tuple(hi)]
+            m = mask[tuple(lo)] & mask[tuple(hi)]
+        if m.any():
+            d = np.abs(a[m].astype(np.float64) - b[m].astype(np.float64))
+            total += float(d.sum())
+            count += d.size
+    return (total / count if count else None), count
+
+
+def _mean_abs_at(view, mask, axis, lag):
+    """:func:`_mean_abs_step` at a fractional lag: linear between the two whole lags around it."""
+    lo = max(1, int(math.floor(lag + 1e-9)))
+    w = lag - lo
+    d_lo, n = _mean_abs_step(view, mask, axis, lo)
+    if d_lo is None or w < 1e-6:
+        return d_lo, n
+    d_hi, _ = _mean_abs_step(view, mask, axis, lo + 1)
+    return (d_lo if d_hi is None else (1.0 - w) * d_lo + w * d_hi), n
+
+
+def slice_streaks(volume, mask=None, erode_mm=STREAK_ERODE_MM):
+    """How much more ``volume`` changes from one axial slice to the next than within a slice.
+
+    Why: synthesis runs a 2-D network on each axial slice on its own, so neighbouring slices
+    disagree by more than anatomy explains, and coronal and sagittal views show horizontal
+    streaks. The measure: the mean |difference| between neighbouring voxels along the
+    superior-inferior axis (neighbouring rows of a coronal view), divided by the same mean along
+    the two in-plane axes, over voxel pairs inside ``mask`` (default: the whole volume) eroded
+    by ``erode_mm``. Dividing by the in-plane differences makes it a property of the volume's
+    consistency, not of its contrast or noise level, so an MR, a real CT and a synthetic CT on
+    different grids can be set side by side; a volume as consistent along z as in-plane scores
+    about 1, and streaks raise it.
+
+    Axes are the canonical ones synthesis slices along (:func:`dicyc.preprocess.to_canonical`).
+    On anisotropic voxels every axis is compared at the same physical step (the coarsest
+    spacing): the in-plane means at a fractional voxel lag are interpolated linearly between
+    the whole lags around it, which leaves the image itself unresampled (resampling would
+    smooth noise along some axes only).
+
+    Returns ``{"streak_index", "mean_abs_diff_si", "mean_abs_diff_inplane", "step_mm",
+    "n_pairs"}``; the index is None where it cannot be measured (fewer than two slices, an
+    empty region, no in-plane change).
+    """
+    from scipy import ndimage
+
+    from dicyc.preprocess import canonical_array, canonical_axes
+
+    axes = canonical_axes(volume.direction)
+    view = canonical_array(np.asarray(volume.array), axes)  # (S, P, L)
+    spacing_spl = [volume.spacing[axes[t][0]] for t in (2, 1, 0)]
+    region = np.ones(view.shape, bool) if mask is None else canonical_array(np.asarray(mask, bool), axes)
+    if erode_mm and erode_mm > 0 and region.any():
+        eroded = region.astype(np.uint8)  # a box erosion, axis by axis (fast where a 3-D structure is not)
+        for axis, sp in enumerate(spacing_spl):
+            r = int(round(float(erode_mm) / sp))
+            if r > 0:
+                eroded = ndimage.minimum_filter1d(eroded, 2 * r + 1, axis=axis, mode="constant", cval=0)
+        region = eroded.astype(bool)
+    step_mm = float(max(spacing_spl))
+    empty = {"streak_index": None, "mean_abs_diff_si": None, "mean_abs_diff_inplane": None, "step_mm": step_mm,
+             "n_pairs": 0}
+    if view.shape[0] < 2 or not region.any():
+        return empty
+    d_s, n = _mean_abs_at(view, region, 0, step_mm / spacing_spl[0])
+    d_p, _ = _mean_abs_at(view, region, 1, step_mm / spacing_spl[1])
+    d_l, _ = _mean_abs_at(view, region, 2, step_mm / spacing_spl[2])
+    if d_s is None or d_p is None or d_l is None:
+        return empty
+    inplane = 0.5 * (d_p + d_l)
+    return {
+        "streak_index": float(d_s / inplane) if inplane > 0 else None,
+        "mean_abs_diff_si": float(d_s),
+        "mean_abs_diff_inplane": float(inplane),
+        "step_mm": step_mm,
+        "n_pairs": int(n),
+    }
+
+
+def streak_ratio(index, reference_index):
+    """``index`` relative to a reference volume's (a real CT's): above 1 is streakier than the reference."""
+    if index is None or reference_index is None or not reference_index > 0:
+        return None
+    return float(index) / float(reference_index)
+
+
 # ===================================================================== volumes and files
 def _onto_reference(pred_vol, ref_vol, mask, pred_name, ref_name):
     """(pred on the reference grid, mask as a boolean array or None, resampled?) -- see :func:`evaluate_volumes`."""
@@ -528,6 +640,18 @@ def evaluate_cross_modality(pred_vol, ref_vol, pred_modality=None, ref_modality=
     return result
 
 
+def streak_scores(pred_vol, ref_vol, pred_modality=None, ref_modality=None):
+    """Slice streaks of a prediction and a reference, each inside its own body outline on its own grid.
+
+    ``{"streak_index", "streak_index_ref", "streak_ratio"}`` (:func:`slice_streaks`): the ratio
+    above 1 says the prediction is streakier than the reference (a real CT, or the source MR the
+    prediction came from, which was acquired as a volume).
+    """
+    pred = slice_streaks(pred_vol, body_outline(pred_vol, pred_modality))["streak_index"]
+    ref = slice_streaks(ref_vol, body_outline(ref_vol, ref_modality))["streak_index"]
+    return {"streak_index": pred, "streak_index_ref": ref, "streak_ratio": streak_ratio(pred, ref)}
+
+
 def evaluate_files(pred_path, ref_path, mask_path=None, data_range=None, modality_pred=None, modality_ref=None,
                    cross_modality=None):
     """Evaluate a prediction file against a reference file (or DICOM folders); 2-D images count as one slice.
@@ -535,7 +659,8 @@ def evaluate_files(pred_path, ref_path, mask_path=None, data_range=None, modalit
     The two modalities are settled first (:func:`dicyc.modality.resolve`: the given names, what
     each file records, a CT's HU statistics), and decide the measures: :func:`evaluate_volumes`
     for one modality, :func:`evaluate_cross_modality` for two (then ``data_range``, which only
-    PSNR and SSIM use, is ignored with a warning). Adds the paths as ``"pred"``, ``"ref"`` and ``"mask"`` (``None`` without
+    PSNR and SSIM use, is ignored with a warning). Slice streaks (:func:`streak_scores`) are
+    added either way. Adds the paths as ``"pred"``, ``"ref"`` and ``"mask"`` (``None`` without
     a mask), ``"comparison"`` ("same-modality" or "cross-modality") and ``"modalities"``.
     """
     from dicyc import modality
@@ -558,6 +683,7 @@ def evaluate_files(pred_path, ref_path, mask_path=None, data_range=None, modalit
         result = evaluate_volumes(
             pred_vol, ref_vol, mask=mask, data_range=data_range, pred_name=str(pred_path), ref_name=str(ref_path)
         )
+    result.update(streak_scores(pred_vol, ref_vol, m_pred, m_ref))
     result["comparison"] = "cross-modality" if resolved["cross_modality"] else "same-modality"
     result["modalities"] = {"pred": resolved["a"], "ref": resolved["b"], "decided_by": resolved["decided_by"]}
     result["pred"] = str(pred_path)
@@ -640,6 +766,10 @@ def format_table(result):
         ]
         rows.append(("voxels", str(result.get("n_voxels", "n/a")), region))
         rows.append(("data range", _fmt(result.get("data_range"), ".6g"), "R used by PSNR and SSIM"))
+    if "streak_index" in result:
+        pair = f"{_fmt(result.get('streak_index'), '.3f')} / {_fmt(result.get('streak_index_ref'), '.3f')}"
+        rows.append(("streaks", pair, "prediction / reference, slice-to-slice over in-plane change "
+                     f"(ratio {_fmt(result.get('streak_ratio'), '.3f')})"))
     w0 = max(len("metric"), max(len(r[0]) for r in rows))
     w1 = max(len("value"), max(len(r[1]) for r in rows))
     lines = []
