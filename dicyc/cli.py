@@ -199,6 +199,39 @@ def _cmd_compare(args):
     return 0
 
 
+def _add_report(sub):
+    p = sub.add_parser(
+        "report",
+        help="one figure: source MR beside the synthetic CTs of several models, with outlines, head-rest and scores",
+        description="Put a source MR and the synthetic CTs that models made from it side by side (axial, coronal, "
+        "sagittal): each CT's head outline drawn over the MR, the hallucinated head-rest (CT density where the MR "
+        "has only air) in red, checkerboards of each CT against the MR, and a table of the head benchmark's "
+        "scores (head-outline Dice and distance, NMI, head-rest ml, HU Wasserstein distance and tissue fractions "
+        "against a real CT, slice streaks). Writes report.png and report.json.",
+    )
+    p.add_argument("--source", required=True, metavar="MR", help="the source MR the CTs were synthesised from")
+    p.add_argument("--synthetic", required=True, nargs="+", metavar="LABEL=CT",
+                   help="synthetic CTs on the MR's grid, each LABEL=PATH (e.g. CycleGAN=ct-cyclegan.nii.gz "
+                   "DiCyc=ct-dicyc.nii.gz); synthesise with --keep-background so that a hallucinated head-rest shows")
+    p.add_argument("--real-ct", required=True, metavar="CT", help="a real CT in HU (any person) for the realism scores")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--tiles", type=int, default=8, metavar="N", help="checkerboard tiles along each axis (default 8)")
+    p.set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args):
+    from dicyc.report import report_files
+
+    written = report_files(args.source, args.synthetic, args.real_ct, args.out, tiles=args.tiles)
+    for row in written["models"]:
+        _log(f"{row['label']}: head-outline Dice {row['dice_head']:.3f}, NMI {row['nmi_source']:.3f}, "
+             f"head-rest {row['headrest_ml']:.1f} ml, HU W1 {row['hu_wasserstein']:.0f}"
+             + (f", streaks {row['streak_ratio']:.2f} x the real CT's" if row.get("streak_ratio") is not None else ""))
+    print(written["png"])
+    print(written["json"])
+    return 0
+
+
 def _add_methods(sub):
     p = sub.add_parser("methods", help="list the training methods", description="List every training method with one line.")
     p.set_defaults(handler=_cmd_methods)
@@ -302,6 +335,9 @@ def _add_synthesize(sub):
     p.add_argument("--progress-jsonl", metavar="FILE", help="also write JSON-lines events to FILE (start, iteration = "
                    "slices done of total_iterations, done with the output path, error with the message), e.g. for "
                    "the Slicer progress bar")
+    p.add_argument("--keep-background", action="store_true", help="keep what the generator puts outside the input's "
+                   "body instead of setting it to the target's background (air for CT); shows hallucinated objects "
+                   "such as a CT head-rest, as dicyc report and dicyc bench head score them")
     p.set_defaults(handler=_cmd_synthesize)
 
 
@@ -331,7 +367,7 @@ def _cmd_synthesize(args):
     try:
         info = synthesize_file(args.model, args.input, args.output, direction=args.direction, device=args.device,
                                precision=args.precision, batch=args.batch, views=views, progress=progress,
-                               expect_target=args.target)
+                               expect_target=args.target, mask_background=not args.keep_background)
         _record_target_modality(args.model, args.direction, info.get("output", args.output))
     except KeyboardInterrupt:
         events.emit("error", message="interrupted.")
@@ -469,6 +505,7 @@ def build_parser():
     _add_synthesize(sub)
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_report(sub)
     _add_bench(sub)
     return parser
 
