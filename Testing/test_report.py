@@ -87,7 +87,9 @@ def test_model_report_draws_every_panel_and_shows_the_head_scores(tmp_path):
         report.model_report(mr, [("A", good), ("A", bad)], real, tmp_path / "dup")
     with pytest.raises(DicycError, match="at least one"):
         report.model_report(mr, [], real, tmp_path / "none")
-    assert not (tmp_path / "dup").exists() and not (tmp_path / "none").exists()
+    with pytest.raises(DicycError, match="no head"):
+        report.model_report(mr.with_array(np.zeros(SHAPE, np.float32)), [("A", good)], real, tmp_path / "empty")
+    assert not any((tmp_path / name).exists() for name in ("dup", "none", "empty"))
 
 
 def test_parse_synthetic_specs(tmp_path):

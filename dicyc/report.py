@@ -70,6 +70,7 @@ def model_report(source_mr, synthetics, real_ct, out_dir, source_name="source MR
     """
     from dicyc.atomic import write_bytes, write_text
     from dicyc.bench.head import alignment_and_realism, alignment_masks
+    from dicyc.metrics import body_outline
     from dicyc.views import _json_safe
 
     synthetics = list(synthetics)
@@ -88,14 +89,15 @@ def model_report(source_mr, synthetics, real_ct, out_dir, source_name="source MR
     if out_dir.exists() and not out_dir.is_dir():
         raise DicycError(f"{out_dir} exists and is not a folder; give a folder for the report.")
 
+    mr_head = body_outline(source_mr, "MR")
+    if not mr_head.any():
+        raise DicycError(f"no head was found in {source_name}, so there is nothing to align with.")
     models = []
     for label, volume in synthetics:
         volume = _on_source_grid(volume, source_mr, label)
-        masks = alignment_masks(volume, source_mr)
+        masks = alignment_masks(volume, source_mr, mr_head=mr_head)
         scores = alignment_and_realism(volume, source_mr, real_ct, masks=masks)
         models.append({"label": label, "volume": volume, "masks": masks, "scores": scores})
-    if not models[0]["masks"]["mr_head"].any():
-        raise DicycError(f"no head was found in {source_name}, so there is nothing to align with.")
 
     png = render_report(source_mr, models, real_ct, source_name=source_name, real_name=real_name, tiles=tiles)
     rows = [{"label": m["label"], **m["scores"]} for m in models]
@@ -114,11 +116,11 @@ def _planes_point(source_mr, models, axes_map):
     from dicyc.views import _to_lps
 
     head = _to_lps(models[0]["masks"]["mr_head"], axes_map)  # (S, P, L)
-    s, p, l = _centre(head)
+    s, p, lr = _centre(head)
     per_slice = sum(_to_lps(m["masks"]["hallucinated"], axes_map).sum(axis=(1, 2)) for m in models)
     if per_slice.max() > 0:
         s = int(np.argmax(per_slice))
-    return (l, p, s)
+    return (lr, p, s)
 
 
 def render_report(source_mr, models, real_ct, source_name="source MR", real_name="real CT", tiles=8):

@@ -37,20 +37,21 @@ def tissue_fractions(hu):
     return {name: float(np.mean((hu >= lo) & (hu < hi))) for name, (lo, hi) in BANDS.items()} if hu.size else {}
 
 
-def alignment_masks(synthetic, source_mr):
+def alignment_masks(synthetic, source_mr, mr_head=None):
     """The masks the §2 scores are made of, for scores and figures alike (:mod:`dicyc.report`).
 
     ``mr_head`` and ``syn_head``: the outlines of the source MR and of the synthetic CT
     (:func:`dicyc.metrics.body_outline`, MR and CT rules); ``outside``: everything beyond the
     MR head dilated by two voxels (a margin for partial-volume skin); ``hallucinated``: what
     the synthesis puts there with a density above -500 HU, where the source has only air, such
-    as the CT's head-rest.
+    as the CT's head-rest. ``mr_head`` is the source's outline where the caller has it (it is
+    the same for every synthesis of one source).
     """
     from scipy import ndimage
 
     from dicyc.metrics import body_outline
 
-    mr_head = body_outline(source_mr, "MR")
+    mr_head = body_outline(source_mr, "MR") if mr_head is None else np.asarray(mr_head, bool)
     syn_head = body_outline(synthetic, "CT")
     outside = ~ndimage.binary_dilation(mr_head, iterations=2)
     hallucinated = outside & (np.asarray(synthetic.array) > -500.0)
@@ -124,7 +125,8 @@ def run(args, log, settings=None):
         write_volume(synthetic, root / f"synthetic-ct-{method}.nii.gz")
         scores = alignment_and_realism(synthetic, mr, ct)
         compare_volumes(synthetic, mr, root / f"report-{method}", tiles=8, error_units="window",
-                        a_name=f"synthetic CT ({method})", b_name="source MR (Colin27 T1)")
+                        a_name=f"synthetic CT ({method})", b_name="source MR (Colin27 T1)", modality_a="CT",
+                        modality_b="MR")
         results.append({"method": method, "training_seconds": seconds, "run": str(model_path.parent), **scores})
         log(f"{method}: head Dice {scores['dice_head']:.3f}, NMI(source) {scores['nmi_source']:.3f}, "
             f"head-rest {scores['headrest_ml']:.1f} ml, HU W1 {scores['hu_wasserstein']:.1f}, "
