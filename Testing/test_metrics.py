@@ -385,7 +385,9 @@ def run_cli(*args):
 def test_evaluate_files_in_process(pair_files):
     f = pair_files
     r = evaluate_files(f["pred"], f["ref"], mask_path=f["mask"])
-    assert set(r) == KEYS | {"resampled", "pred", "ref", "mask"}
+    assert set(r) == KEYS | {"resampled", "pred", "ref", "mask", "comparison", "modalities", "streak_index",
+                             "streak_index_ref", "streak_ratio"}
+    assert r["comparison"] == "same-modality"
     assert r["mask"] == f["mask"] and r["resampled"] is False
     m = f["mask_array"]
     assert r["mse"] == pytest.approx(mean_squared_error(f["ref_array"][m], f["pred_array"][m]), rel=1e-6)
@@ -471,3 +473,157 @@ def test_partially_overlapping_prediction_scores_only_covered_voxels():
             result = evaluate_volumes(pred, ref)
     assert result["mse"] == pytest.approx(0.0, abs=1e-10)
     assert result["n_voxels"] == 4 * 10 * 5
+
+
+# ===================================================================== across modalities
+def _head(shape=(12, 48, 48), spacing=(1.0, 1.0, 1.0), shift=0, ct=True, radius_mm=18.0):
+    """A round head (a cylinder of radius ``radius_mm``) with a skull ring, as CT in HU or as an MR-like volume."""
+    z, y, x = np.indices(shape).astype(np.float64)
+    yy, xx = (y - shape[1] / 2) * spacing[1], (x - shape[2] / 2 - shift) * spacing[0]
+    r = np.hypot(yy, xx)
+    inside, skull = r < radius_mm, (r < radius_mm) & (r > radius_mm - 4)
+    noise = np.random.default_rng(0).normal(0, 10, shape)
+    if ct:
+        arr = np.where(inside, 35.0, -1000.0) + np.where(skull, 1100.0, 0.0) + noise
+    else:
+        arr = np.where(inside, 300.0, 0.0) - np.where(skull, 220.0, 0.0) + np.abs(noise)
+    return Volume(arr.astype(np.float32), spacing)
+
+
+def test_nmi_alone_is_the_nmi_of_compute_metrics():
+    rng = np.random.default_rng(3)
+    a, b = smooth_volume(rng, (4, 30, 26)), smooth_volume(rng, (4, 30, 26), offset=-1000) ** 2
+    mask = np.zeros(a.shape, bool)
+    mask[1:3, 5:20, 4:22] = True
+    assert metrics.nmi(a, b) == compute_metrics(a, b)["nmi"]
+    assert metrics.nmi(a, b, mask) == compute_metrics(a, b, mask)["nmi"]
+    assert metrics.nmi(a, -3 * a + 7) == pytest.approx(1.0)  # an exact relation, whatever the units
+    with pytest.raises(DicycError):
+        metrics.nmi(a, b, np.zeros(a.shape, bool))
+
+
+def test_surface_distances_of_nested_spheres():
+    def ball(radius, spacing, shape):
+        z, y, x = (np.indices(shape) - (np.array(shape) // 2)[:, None, None, None]) * np.array(spacing[::-1])[:, None, None, None]
+        return z ** 2 + y ** 2 + x ** 2 <= radius ** 2
+
+    for spacing, shape in (((1.0, 1.0, 1.0), (41, 41, 41)), ((1.0, 1.0, 2.0), (21, 41, 41))):
+        small, large = ball(10.0, spacing, shape), ball(14.0, spacing, shape)
+        mean, p95 = metrics.surface_distances(small, large, spacing)
+        assert mean == pytest.approx(4.0, abs=0.6) and p95 == pytest.approx(4.0, abs=1.2)
+        assert metrics.surface_distances(large, small, spacing) == pytest.approx((mean, p95))
+        assert metrics.surface_distances(small, small, spacing) == (0.0, 0.0)
+    # a single stray voxel far away moves the mean a little and the 95th percentile not at all
+    stray = small.copy()
+    stray[0, 0, 0] = True
+    mean_s, p95_s = metrics.surface_distances(stray, large, spacing)
+    assert p95_s == pytest.approx(p95) and mean_s > mean
+    assert metrics.surface_distances(small, np.zeros_like(small)) == (math.inf, math.inf)
+    assert metrics.surface_distances(np.zeros_like(small), np.zeros_like(small)) == (0.0, 0.0)
+
+
+def test_cross_modality_metrics_see_an_outline_move():
+    mr = _head(ct=False)
+    aligned = metrics.cross_modality_metrics(_head(ct=True), mr, "CT", "MR")
+    assert set(metrics.CROSS_MODALITY_KEYS) <= set(aligned)
+    assert aligned["dice_outline"] > 0.97 and aligned["surface_distance_mean_mm"] < 0.5
+    assert aligned["nmi"] > 0.3
+    moved = metrics.cross_modality_metrics(_head(ct=True, shift=5), mr, "CT", "MR")
+    assert moved["dice_outline"] < aligned["dice_outline"] - 0.1
+    # a circle moved by d lies d·|cos θ| from the other: 2d/π on average, d at most
+    assert moved["surface_distance_mean_mm"] == pytest.approx(2 * 5 / np.pi, abs=0.8)
+    assert moved["surface_distance_95_mm"] == pytest.approx(5.0, abs=1.0)
+    assert moved["nmi"] < aligned["nmi"]
+    # each outline by its own modality's rule: the CT rule on the MR would take in its background
+    assert metrics.body_outline(mr, "MR").sum() == pytest.approx(metrics.body_outline(_head(ct=True), "CT").sum(), rel=0.05)
+
+
+def test_streaks_rank_a_streaky_volume_above_a_smooth_one():
+    rng = np.random.default_rng(5)
+    shape = (24, 40, 40)
+    smooth = ndimage.gaussian_filter(rng.normal(size=shape), 2.5) * 400.0
+    head = np.zeros(shape, bool)
+    head[2:-2, 5:-5, 5:-5] = True
+    vol = Volume(smooth.astype(np.float32))
+    # slice-wise synthesis: every axial slice gets its own error, coherent over the slice
+    streaky = smooth + rng.normal(0, 6.0, (shape[0], 1, 1)) + 2.0 * ndimage.gaussian_filter(
+        rng.normal(size=shape), (0, 3, 3)) * 20.0
+    base = metrics.slice_streaks(vol, head)
+    worse = metrics.slice_streaks(vol.with_array(streaky.astype(np.float32)), head)
+    assert base["streak_index"] == pytest.approx(1.0, abs=0.15)
+    assert worse["streak_index"] > 1.3 * base["streak_index"]
+    assert metrics.streak_ratio(worse["streak_index"], base["streak_index"]) > 1.3
+    # contrast does not matter, only consistency
+    scaled = metrics.slice_streaks(vol.with_array((smooth * 7 - 1000).astype(np.float32)), head)
+    assert scaled["streak_index"] == pytest.approx(base["streak_index"], rel=1e-6)
+    # white noise is as consistent along z as in-plane
+    noise = metrics.slice_streaks(Volume(rng.normal(size=shape).astype(np.float32)))
+    assert noise["streak_index"] == pytest.approx(1.0, abs=0.03)
+    # undefined without two slices or a region
+    assert metrics.slice_streaks(Volume(smooth[:1].astype(np.float32)))["streak_index"] is None
+    assert metrics.slice_streaks(vol, np.zeros(shape, bool))["streak_index"] is None
+    assert metrics.streak_ratio(None, 1.0) is None
+
+
+def test_streaks_compare_grids_at_one_physical_step():
+    """An isotropic pattern scores about 1 on isotropic voxels, on thick slices and on permuted axes."""
+    k = 2 * np.pi / 24.0
+    for spacing in ((1.0, 1.0, 1.0), (1.0, 1.0, 1.5), (0.8, 0.8, 2.0)):
+        shape = (int(48 / spacing[2]), 48, 48)
+        z, y, x = (np.indices(shape).astype(np.float64) * np.array(spacing[::-1])[:, None, None, None])
+        pattern = np.sin(k * x + 0.3) + np.sin(k * y + 1.1) + np.sin(k * z + 0.7)
+        index = metrics.slice_streaks(Volume(pattern.astype(np.float32), spacing))["streak_index"]
+        assert index == pytest.approx(1.0, abs=0.06), spacing
+    # the S axis is found whatever the array order: a sagittal acquisition (S along numpy's last axis)
+    rng = np.random.default_rng(2)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(20, 30, 30)), 2.0)
+    streaky = smooth + rng.normal(0, 0.05, (20, 1, 1))
+    direction = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # i→P, j→S, k→L
+    axial = metrics.slice_streaks(Volume(streaky.astype(np.float32)))["streak_index"]
+    # the same voxels stored with S along j: numpy (k, j, i) = (L, S, P)
+    stored = np.transpose(streaky, (2, 0, 1))
+    assert metrics.slice_streaks(Volume(stored.astype(np.float32), direction=direction))["streak_index"] == pytest.approx(axial)
+
+
+def _write_vol(path, vol, modality=None):
+    write_volume(vol, path, modality=modality)
+    return str(path)
+
+
+def test_evaluate_a_ct_against_an_mr_reports_outlines_not_psnr(tmp_path):
+    ct = _write_vol(tmp_path / "ct.nii.gz", _head(ct=True, shift=3))
+    mr = _write_vol(tmp_path / "mr.nii.gz", _head(ct=False))
+    r = evaluate_files(ct, mr)
+    assert r["comparison"] == "cross-modality"
+    assert r["modalities"]["pred"] == {"modality": "CT", "source": "HU statistics"}
+    assert set(metrics.CROSS_MODALITY_KEYS) <= set(r)
+    assert not {"mse", "psnr", "ssim", "ssim_hg", "mae"} & set(r)
+    assert 1.0 < r["surface_distance_mean_mm"] < 4.0 and 0.0 < r["dice_outline"] < 1.0
+    assert r["streak_index"] is not None and r["streak_ratio"] == pytest.approx(r["streak_index"] / r["streak_index_ref"])
+    # a CT against a CT keeps the voxel-wise metrics
+    other = _write_vol(tmp_path / "ct2.nii.gz", _head(ct=True))
+    same = evaluate_files(ct, other)
+    assert same["comparison"] == "same-modality" and KEYS <= set(same)
+    # the CLI: JSON and table
+    proc = run_cli("--pred", ct, "--ref", mr, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert "psnr" not in out and out["nmi"] == pytest.approx(r["nmi"]) and out["dice_outline"] == pytest.approx(r["dice_outline"])
+    proc = run_cli("--pred", ct, "--ref", mr)
+    assert "outline Dice" in proc.stdout and "PSNR" not in proc.stdout and "cross-modality" in proc.stdout
+    # the user's word decides: two MRs that are T1 and T2, or the same pair forced to one modality
+    proc = run_cli("--pred", mr, "--ref", mr, "--modality-pred", "T1", "--modality-ref", "T2", "--json")
+    assert json.loads(proc.stdout)["comparison"] == "cross-modality"
+    proc = run_cli("--pred", ct, "--ref", mr, "--same-modality", "--json")
+    assert "psnr" in json.loads(proc.stdout)
+
+
+def test_evaluate_reads_the_modality_the_file_records(tmp_path):
+    """A synthetic CT that does not look like CT (a collapsed generator) is still scored as CT against its MR."""
+    mr_vol = _head(ct=False)
+    flat = _write_vol(tmp_path / "flat.nii.gz", mr_vol.with_array(np.full(mr_vol.shape, 20.0, np.float32)), "CT")
+    mr = _write_vol(tmp_path / "mr.nii.gz", mr_vol, "MR")
+    r = evaluate_files(flat, mr)
+    assert r["comparison"] == "cross-modality" and r["modalities"]["pred"]["source"] == "file"
+    assert r["nmi"] == 0.0  # nothing in it says where the MR has what
+    assert r["dice_outline"] < 0.7 and r["surface_distance_mean_mm"] > 2.0  # its "outline" is the whole volume

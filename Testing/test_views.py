@@ -302,6 +302,60 @@ def test_cli_compare_center_on_and_also_mask_files(tmp_path, run_dicyc):
     assert proc.returncode == 1 and "--zoom" in proc.stderr and "Traceback" not in proc.stderr
 
 
+# ===================================================================== across modalities
+def _has_colour(img, hex_colour, tol=0.08, at_least=30):
+    """Whether at least ``at_least`` pixels of the figure have about that colour (an outline drawn in it)."""
+    rgb = np.array([int(hex_colour[i:i + 2], 16) / 255.0 for i in (1, 3, 5)])
+    return int((np.abs(img[..., :3] - rgb).max(axis=2) < tol).sum()) >= at_least
+
+
+def test_compare_ct_against_mr_reports_nmi_and_outlines_not_psnr(tmp_path):
+    ct = phantom(ct=True, shift=(0, 0, 2))
+    mr = phantom()
+    paths = views.compare_volumes(ct, mr, tmp_path / "cross", tiles=4, a_name="ct.nii.gz", b_name="mr.nii.gz")
+    summary = json.loads(paths["metrics"].read_text())
+    assert summary["comparison"] == "cross-modality"
+    assert summary["modalities"]["a"] == {"modality": "CT", "source": "HU statistics"}
+    assert {"nmi", "dice_outline", "surface_distance_mean_mm", "surface_distance_95_mm"} <= set(summary["metrics"])
+    assert not {"mse", "psnr", "ssim", "ssim_hg", "mae"} & set(summary["metrics"])
+    assert 0.5 < summary["metrics"]["dice_outline"] < 1.0 and summary["metrics"]["surface_distance_mean_mm"] > 0.5
+    assert summary["error_units"] == "window"  # raw HU minus MR units would mean nothing
+    img = png_is_not_blank(paths["montage"])
+    assert _has_colour(img, views.OUTLINE_COLOURS[0]) and _has_colour(img, views.OUTLINE_COLOURS[1])
+
+    # a same-modality pair keeps MSE/PSNR/SSIM, without outlines
+    same = views.compare_volumes(ct, phantom(ct=True), tmp_path / "same", tiles=4)
+    summary = json.loads(same["metrics"].read_text())
+    assert summary["comparison"] == "same-modality" and {"mse", "psnr", "ssim"} <= set(summary["metrics"])
+    assert "dice_outline" not in summary["metrics"] and summary["error_units"] == "raw"
+    assert not _has_colour(png_is_not_blank(same["montage"]), views.OUTLINE_COLOURS[0])
+    # what the caller knows decides
+    forced = views.compare_volumes(ct, mr, tmp_path / "forced", cross_modality=False)
+    assert "psnr" in json.loads(forced["metrics"].read_text())["metrics"]
+    named = views.compare_volumes(mr, mr, tmp_path / "named", modality_a="T1", modality_b="T2")
+    assert json.loads(named["metrics"].read_text())["comparison"] == "cross-modality"
+
+
+def test_cli_compare_reads_the_recorded_modality(tmp_path, run_dicyc):
+    """A synthetic CT recorded as CT is compared with its MR as two modalities, even if it does not look like CT."""
+    mr = phantom()
+    syn = tmp_path / "syn.nii.gz"
+    write_volume(mr.with_array(mr.array * 0.1 + 3.0), syn, modality="CT")
+    write_volume(mr, tmp_path / "mr.nii.gz")
+    proc = run_dicyc("compare", "--a", syn, "--b", tmp_path / "mr.nii.gz", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert summary["comparison"] == "cross-modality" and summary["modalities"]["a"]["source"] == "file"
+    assert "psnr" not in summary["metrics"] and "dice_outline" in summary["metrics"]
+    proc = run_dicyc("compare", "--a", syn, "--b", tmp_path / "mr.nii.gz", "--out", tmp_path / "same",
+                     "--same-modality")
+    assert proc.returncode == 0, proc.stderr
+    assert "psnr" in json.loads((tmp_path / "same" / "metrics.json").read_text())["metrics"]
+    proc = run_dicyc("compare", "--a", syn, "--b", tmp_path / "mr.nii.gz", "--out", tmp_path / "bad",
+                     "--modality-a", "T1 weighted")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and files_in(tmp_path / "bad") == []
+
+
 # ===================================================================== command line
 def test_cli_compare_end_to_end(tmp_path, run_dicyc):
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nrrd"

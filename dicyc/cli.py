@@ -39,7 +39,46 @@ metrics (computed on the reference grid, over the whole volume or inside --mask)
 If the prediction is on another grid than the reference it is resampled
 (linear) onto the reference grid with a warning, and only the reference voxels
 it covers are scored; grids that do not overlap are refused.
+
+across modalities (e.g. a synthetic CT against its source MR) MSE, PSNR and
+SSIM only measure the contrast gap between the modalities, so they give way to:
+  NMI            as above (inside --mask where given);
+  outline Dice   Dice of the two body outlines over the whole volume, each by
+                 its modality's rule: CT above -500 HU, MR above 10% of its
+                 99th percentile; then opened, largest component, holes filled;
+  outline dist   mean symmetric surface distance between the outlines, mm;
+  outline HD95   the larger of the two directed 95th-percentile surface
+                 distances, mm.
+The modalities come from --modality-pred/--modality-ref, else from what the
+files record (dicyc synthesize writes "modality=CT" into NIfTI descrip, NRRD
+and MetaImage headers and DICOM SeriesDescription; scanners' DICOM Modality
+tag), else a CT is recognised by its HU statistics (>= 2% of voxels at
+-1100..-900 HU and >= 2% at -200..200 HU, none below -3100). CT against a
+volume that is not CT is cross-modality, as are two different MR weightings
+(T1 vs T2; plain "MR" matches any). --cross-modality/--same-modality decide it.
+
+streaks          slice-to-slice streaks of each volume inside its own body
+                 outline (eroded 3 mm): mean |difference| between neighbouring
+                 axial slices over the mean |difference| in-plane, at one
+                 physical step; about 1 for a volume as consistent along z as
+                 in-plane. Ratio: prediction over reference.
 """
+
+
+def _add_modality_options(p, first, second):
+    """--modality-X/--modality-Y and --cross-modality/--same-modality (compare and evaluate).
+
+    ``first``, ``second``: (flag suffix, what it names), e.g. ("pred", "the prediction").
+    """
+    p.add_argument(f"--modality-{first[0]}", metavar="M", help=f"modality of {first[1]} (CT, MR, T1, T2, ...; "
+                   "default: what the file records, else CT where its HU statistics say so)")
+    p.add_argument(f"--modality-{second[0]}", metavar="M", help=f"modality of {second[1]}")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--cross-modality", dest="cross_modality", action="store_const", const=True,
+                       help="score as two modalities (NMI, outline Dice and distances) whatever is detected")
+    which.add_argument("--same-modality", dest="cross_modality", action="store_const", const=False,
+                       help="score as one modality (MSE, PSNR, SSIM, ...) whatever is detected")
+
 
 
 def _add_samples(sub):
@@ -74,8 +113,10 @@ def _cmd_samples(args):
 def _add_evaluate(sub):
     p = sub.add_parser(
         "evaluate",
-        help="metrics of a prediction against a reference (MSE, PSNR, SSIM, MAE, NMI, SSIM(HG))",
-        description="Compare a predicted (synthetic) volume with a reference volume.",
+        help="metrics of a prediction against a reference (MSE, PSNR, SSIM, MAE, NMI, SSIM(HG); across "
+        "modalities NMI and body-outline Dice and distances)",
+        description="Compare a predicted (synthetic) volume with a reference volume: voxel-wise metrics for one "
+        "modality, NMI and body outlines across modalities, and slice-to-slice streaks of both.",
         epilog=EVALUATE_NOTES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,13 +126,16 @@ def _add_evaluate(sub):
     p.add_argument("--data-range", type=float, metavar="R", help="data range for PSNR and SSIM "
                    "(default: reference max - min inside the region)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    _add_modality_options(p, ("pred", "the prediction"), ("ref", "the reference"))
     p.set_defaults(handler=_cmd_evaluate)
 
 
 def _cmd_evaluate(args):
     from dicyc import metrics
 
-    result = metrics.evaluate_files(args.pred, args.ref, mask_path=args.mask, data_range=args.data_range)
+    result = metrics.evaluate_files(args.pred, args.ref, mask_path=args.mask, data_range=args.data_range,
+                                    modality_pred=args.modality_pred, modality_ref=args.modality_ref,
+                                    cross_modality=args.cross_modality)
     if args.json:
         print(json.dumps(metrics.json_safe(result), indent=2))
     else:
@@ -105,7 +149,9 @@ def _add_compare(sub):
         help="checkerboard, error image and a PNG montage of two volumes",
         description="Write a checkerboard and an error image of two volumes (as NIfTI, on A's grid, so "
         "Slicer can overlay them) and a PNG montage of axial, coronal and sagittal planes with the "
-        "metrics of A against B.",
+        "metrics of A against B: MSE, PSNR, SSIM, ... for one modality; NMI and the Dice and distance of the "
+        "body outlines (drawn in the views) for two, e.g. a synthetic CT against its source MR (see dicyc "
+        "evaluate --help for how the modalities are found).",
     )
     p.add_argument("--a", required=True, metavar="A", help="first volume (e.g. the synthetic CT or the source MR)")
     p.add_argument("--b", required=True, metavar="B", help="second volume (the reference; resampled onto A's grid)")
@@ -121,9 +167,10 @@ def _add_compare(sub):
                    "in one figure")
     p.add_argument("--zoom", type=float, metavar="MM", help="show MM millimetres around each view's point "
                    "(e.g. 80 for an aorta) instead of the whole plane")
-    p.add_argument("--error-units", choices=("raw", "window"), default="raw",
-                   help="error image in the volumes' own units (raw, default; right for CT vs CT) or on "
-                   "each volume's [0, 1] display window (window; for different modalities)")
+    p.add_argument("--error-units", choices=("raw", "window"),
+                   help="error image in the volumes' own units (raw; the default for one modality, e.g. CT vs CT) "
+                   "or on each volume's [0, 1] display window (window; the default across modalities)")
+    _add_modality_options(p, ("a", "A"), ("b", "B"))
     p.set_defaults(handler=_cmd_compare)
 
 
@@ -144,10 +191,44 @@ def _cmd_compare(args):
         raise DicycError(f"--zoom must be a positive number of millimetres; got {args.zoom}.")
     written = views.compare_files(
         args.a, args.b, args.out, tiles=args.tiles, mask_path=args.mask, point=point, error_units=args.error_units,
-        center_on_path=args.center_on, also_path=args.also, zoom_mm=args.zoom,
+        center_on_path=args.center_on, also_path=args.also, zoom_mm=args.zoom, modality_a=args.modality_a,
+        modality_b=args.modality_b, cross_modality=args.cross_modality,
     )
     for path in written.values():
         print(path)
+    return 0
+
+
+def _add_report(sub):
+    p = sub.add_parser(
+        "report",
+        help="one figure: source MR beside the synthetic CTs of several models, with outlines, head-rest and scores",
+        description="Put a source MR and the synthetic CTs that models made from it side by side (axial, coronal, "
+        "sagittal): each CT's head outline drawn over the MR, the hallucinated head-rest (CT density where the MR "
+        "has only air) in red, checkerboards of each CT against the MR, and a table of the head benchmark's "
+        "scores (head-outline Dice and distance, NMI, head-rest ml, HU Wasserstein distance and tissue fractions "
+        "against a real CT, slice streaks). Writes report.png and report.json.",
+    )
+    p.add_argument("--source", required=True, metavar="MR", help="the source MR the CTs were synthesised from")
+    p.add_argument("--synthetic", required=True, nargs="+", metavar="LABEL=CT",
+                   help="synthetic CTs on the MR's grid, each LABEL=PATH (e.g. CycleGAN=ct-cyclegan.nii.gz "
+                   "DiCyc=ct-dicyc.nii.gz); synthesise with --keep-background so that a hallucinated head-rest shows")
+    p.add_argument("--real-ct", required=True, metavar="CT", help="a real CT in HU (any person) for the realism scores")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--tiles", type=int, default=8, metavar="N", help="checkerboard tiles along each axis (default 8)")
+    p.set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args):
+    from dicyc.report import report_files
+
+    written = report_files(args.source, args.synthetic, args.real_ct, args.out, tiles=args.tiles)
+    for row in written["models"]:
+        _log(f"{row['label']}: head-outline Dice {row['dice_head']:.3f}, NMI {row['nmi_source']:.3f}, "
+             f"head-rest {row['headrest_ml']:.1f} ml, HU W1 {row['hu_wasserstein']:.0f}"
+             + (f", streaks {row['streak_ratio']:.2f} x the real CT's" if row.get("streak_ratio") is not None else ""))
+    print(written["png"])
+    print(written["json"])
     return 0
 
 
@@ -256,6 +337,9 @@ def _add_synthesize(sub):
     p.add_argument("--progress-jsonl", metavar="FILE", help="also write JSON-lines events to FILE (start, iteration = "
                    "slices done of total_iterations, done with the output path, error with the message), e.g. for "
                    "the Slicer progress bar")
+    p.add_argument("--keep-background", action="store_true", help="keep what the generator puts outside the input's "
+                   "body instead of setting it to the target's background (air for CT); shows hallucinated objects "
+                   "such as a CT head-rest, as dicyc report and dicyc bench head score them")
     p.set_defaults(handler=_cmd_synthesize)
 
 
@@ -285,7 +369,8 @@ def _cmd_synthesize(args):
     try:
         info = synthesize_file(args.model, args.input, args.output, direction=args.direction, device=args.device,
                                precision=args.precision, batch=args.batch, views=views, progress=progress,
-                               expect_target=args.target)
+                               expect_target=args.target, mask_background=not args.keep_background)
+        _record_target_modality(args.model, args.direction, info.get("output", args.output))
     except KeyboardInterrupt:
         events.emit("error", message="interrupted.")
         events.close()
@@ -303,6 +388,30 @@ def _cmd_synthesize(args):
          f"({info.get('seconds', 0):.1f} s)")
     print(args.output)
     return 0
+
+
+def _record_target_modality(model_path, direction, output):
+    """Write the model card's target modality into the synthetic volume's header.
+
+    Why: a later ``dicyc compare``/``evaluate`` of the synthetic CT against its source MR must
+    know it holds CT to choose measures valid across modalities, and a header survives copying
+    where a side file would not (:func:`dicyc.volume.record_modality`). The synthesis writes its
+    output without it, so the file is written once more with the note (a small fraction of the
+    synthesis time); where the writer already records it, this is one header read.
+    """
+    from dicyc.modelfile import read_card
+    from dicyc.volume import record_modality
+
+    domains = (read_card(model_path) or {}).get("domains") or {}
+    target = (domains.get("b" if direction == "a2b" else "a") or {}).get("modality")
+    if not target:
+        return
+    try:
+        record_modality(output, target)
+    except DicycError as exc:  # a card modality no header can hold: the synthesis itself is fine
+        warnings.warn(f"the modality was not recorded in {output}: {exc}", stacklevel=2)
+    except OSError as exc:
+        raise DicycError(f"could not record the modality in {output}: {exc.strerror or exc}.") from None
 
 
 def _positive_int(text):
@@ -398,6 +507,7 @@ def build_parser():
     _add_synthesize(sub)
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_report(sub)
     _add_bench(sub)
     return parser
 

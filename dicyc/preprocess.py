@@ -129,17 +129,20 @@ def resample_to_spacing(volume, spacing, interpolation="linear", default_value=N
 
 
 # ===================================================================== body mask
-def body_mask(volume, threshold=None):
+def body_mask(volume, threshold=None, modality=None):
     """Boolean mask of the body: threshold, keep the largest 3-D component, fill holes per slice.
 
-    ``threshold`` defaults to -500 HU for CT-like data (minimum below -500) and otherwise to
-    a fraction of a robust maximum (MR background is near zero), so it works for both.
+    ``threshold`` defaults to -500 HU for CT and otherwise to a fraction of a robust maximum
+    (MR background is near zero). Where ``modality`` is given ("CT" or an MR weighting) it picks
+    the rule, since a comparison that knows its modalities should not guess them; without it,
+    data with a minimum below -500 are taken for CT, so it works for both.
     """
     from scipy import ndimage
 
     arr = np.asarray(volume.array, dtype=np.float32)
     if threshold is None:
-        threshold = -500.0 if arr.min() < -500 else 0.1 * float(np.percentile(arr, 99))
+        ct = arr.min() < -500 if modality is None else str(modality).strip().upper() == "CT"
+        threshold = -500.0 if ct else 0.1 * float(np.percentile(arr, 99))
     mask = arr > threshold
     if not mask.any():
         return mask

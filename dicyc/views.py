@@ -13,6 +13,13 @@ where is the error image bright? This module writes
   of A against B;
 * ``metrics.json`` — the same metrics, machine-readable.
 
+The metrics depend on whether A and B are one modality (:mod:`dicyc.modality`: the caller's
+word, what the files record, a CT's HU statistics). For one modality: MSE, PSNR, SSIM, SSIM(HG),
+MAE and NMI. For two (a synthetic CT against its source MR) those voxel-wise differences only
+measure the contrast gap between CT and MR, so the report gives NMI, the Dice of the two body
+outlines and the distance between them (:func:`dicyc.metrics.cross_modality_metrics`), draws
+both outlines in the views, and shows the error image in display-window units.
+
 B is resampled onto A's grid (the common grid) where the grids differ. Everything is validated
 and computed in memory before the first file is written, so bad input leaves no output, and
 every file is written atomically.
@@ -177,7 +184,7 @@ def compare_volumes(
     tiles=8,
     mask=None,
     point=None,
-    error_units="raw",
+    error_units=None,
     a_name="A",
     b_name="B",
     center_on=None,
@@ -185,6 +192,10 @@ def compare_volumes(
     center_name="structure",
     also_name="second structure",
     zoom_mm=None,
+    modality_a=None,
+    modality_b=None,
+    cross_modality=None,
+    modalities=None,
 ):
     """Write the checkerboard, the error image, the montage PNG and metrics.json of A against B.
 
@@ -199,13 +210,25 @@ def compare_volumes(
     rows through its own centroid, outlined in another colour. ``zoom_mm`` crops every panel to
     that many millimetres around its point, so a 20 mm aorta fills the panel. The names label the
     rows and go into metrics.json with each structure's centroid.
+
+    ``modality_a``/``modality_b`` (e.g. "CT", "MR") and ``cross_modality`` (True/False) say what
+    is known about the modalities; what is not given is judged from the HU statistics
+    (:func:`dicyc.modality.resolve`), or taken whole from ``modalities``, an already resolved
+    answer (:func:`compare_files` adds what the files record). ``error_units`` None means
+    "window" across modalities and "raw" otherwise.
     """
+    from dicyc import modality as modality_rules
     from dicyc.atomic import write_bytes, write_text
     from dicyc.metrics import compute_metrics
     from dicyc.preprocess import resample_to_grid
     from dicyc.volume import write_volume
 
     # ---- validate everything before any file is written
+    if modalities is None:
+        modalities = modality_rules.resolve(a_vol, b_vol, modality_a, modality_b, cross_modality)
+    cross = bool(modalities["cross_modality"])
+    if error_units is None:
+        error_units = "window" if cross else "raw"
     if error_units not in ERROR_UNITS:
         raise DicycError(f"error units must be one of {', '.join(ERROR_UNITS)}; got {error_units!r}.")
     try:
@@ -265,7 +288,15 @@ def compare_volumes(
     b01 = to_unit(b_vol.array, b_display_window)
     board = checkerboard(a01, b01, tiles)
     error = error_image(a_vol.array, b_vol.array) if error_units == "raw" else error_image(a01, b01)
-    metrics = compute_metrics(a_vol.array, b_vol.array, mask=mask)
+    outlines = None
+    if cross:
+        from dicyc.metrics import body_outline, cross_modality_metrics
+
+        ma, mb = modalities["a"]["modality"], modalities["b"]["modality"]
+        outlines = (body_outline(a_vol, ma), body_outline(b_vol, mb))
+        metrics = cross_modality_metrics(a_vol, b_vol, ma, mb, mask=mask, outlines=outlines)
+    else:
+        metrics = compute_metrics(a_vol.array, b_vol.array, mask=mask)
 
     summary = {
         "a": str(a_name),
@@ -279,6 +310,8 @@ def compare_volumes(
         "zoom_mm": None if zoom_mm is None else float(zoom_mm),
         "tiles": tiles,
         "error_units": error_units,
+        "comparison": "cross-modality" if cross else "same-modality",
+        "modalities": {"a": modalities["a"], "b": modalities["b"], "decided_by": modalities.get("decided_by")},
         "display_window_a": list(a_window),
         "display_window_b": list(b_display_window),
         "metrics": dict(metrics),
@@ -286,7 +319,7 @@ def compare_volumes(
     png = render_montage(
         a_vol, a01, b01, board, error, point, mask=mask, metrics=metrics, a_name=a_name, b_name=b_name,
         error_units=error_units, tiles=tiles, resampled=resampled, windows=(a_window, b_display_window),
-        structures=structures, zoom_mm=zoom_mm,
+        structures=structures, zoom_mm=zoom_mm, outlines=outlines, modalities=modalities,
     )
     metrics_text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
 
@@ -305,17 +338,22 @@ def compare_volumes(
     return paths
 
 
-def compare_files(a_path, b_path, out_dir, tiles=8, mask_path=None, point=None, error_units="raw",
-                  center_on_path=None, also_path=None, zoom_mm=None):
+def compare_files(a_path, b_path, out_dir, tiles=8, mask_path=None, point=None, error_units=None,
+                  center_on_path=None, also_path=None, zoom_mm=None, modality_a=None, modality_b=None,
+                  cross_modality=None):
     """Read A, B (and optional masks onto A's grid) and run :func:`compare_volumes`.
 
     2-D images (PNG, single DICOM slices) are accepted as single-slice volumes. ``center_on_path``
     and ``also_path`` are segment masks (label maps; any non-zero voxel) named after their files.
+    The modalities are the given ones, else what each file records, else the HU rule
+    (:func:`dicyc.modality.resolve`).
     """
+    from dicyc import modality as modality_rules
     from dicyc.volume import read_mask, read_volume
 
     a_vol = read_volume(a_path, allow_2d=True)
     b_vol = read_volume(b_path, allow_2d=True)
+    modalities = modality_rules.resolve(a_vol, b_vol, modality_a, modality_b, cross_modality, a_path, b_path)
     mask = read_mask(mask_path, a_vol, reference_name=str(a_path)) if mask_path is not None else None
     center_on = read_mask(center_on_path, a_vol, reference_name=str(a_path)) if center_on_path is not None else None
     also = read_mask(also_path, a_vol, reference_name=str(a_path)) if also_path is not None else None
@@ -325,6 +363,7 @@ def compare_files(a_path, b_path, out_dir, tiles=8, mask_path=None, point=None, 
         a_vol, b_vol, out_dir, tiles=tiles, mask=mask, point=point, error_units=error_units,
         a_name=str(a_path), b_name=str(b_path), center_on=center_on, also=also,
         center_name=_structure_name(center_on_path), also_name=_structure_name(also_path), zoom_mm=zoom_mm,
+        modalities=modalities,
     )
 
 
@@ -342,6 +381,9 @@ _PLANES = ("axial", "coronal", "sagittal")
 #: outline colours of the structures of ``center_on`` and ``also`` (and their names in the title)
 STRUCTURE_COLOURS = ("#ff3bd4", "#ffa500")
 STRUCTURE_COLOUR_NAMES = ("magenta", "orange")
+#: body outlines of A and B across modalities (and their names in the title)
+OUTLINE_COLOURS = ("#ffd400", "#1e90ff")
+OUTLINE_COLOUR_NAMES = ("yellow", "blue")
 #: Screen orientation letters (left, right, top, bottom) of each plane, radiological convention.
 _LETTERS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
 
@@ -371,6 +413,17 @@ def _plane_geometry(plane, lps_spacing, lps_size, idx):
     return ss / sp, pi, ns - 1 - si, np_ * sp, ns * ss
 
 
+def _modality_text(modalities):
+    """"A CT from the file, B not CT from its HU statistics", for the figure."""
+
+    def one(d):
+        source = {"option": "the option", "file": "the file", "HU statistics": "its HU statistics",
+                  "unknown": "its HU statistics"}.get(d.get("source"), d.get("source"))
+        return f"{d.get('modality') or 'not CT'} from {source}"
+
+    return f"A {one(modalities['a'])}, B {one(modalities['b'])}"
+
+
 def _format_value(value):
     if value is None:
         return "—"
@@ -386,7 +439,8 @@ def _format_value(value):
 
 def render_montage(
     a_vol, a01, b01, board, error, point, mask=None, metrics=None, a_name="A", b_name="B",
-    error_units="raw", tiles=8, resampled=False, windows=None, structures=None, zoom_mm=None,
+    error_units="raw", tiles=8, resampled=False, windows=None, structures=None, zoom_mm=None, outlines=None,
+    modalities=None,
 ):
     """Draw the comparison montage and return it as PNG bytes (nothing is written to disk).
 
@@ -397,6 +451,9 @@ def render_montage(
     ``structures`` (from :func:`compare_volumes`: dicts with ``role``, ``name``, ``mask``,
     ``point``) are outlined in every panel, and the ``also`` structure gets its own rows through
     its centroid; ``zoom_mm`` crops every panel to that many millimetres around its point.
+    ``outlines`` (A's and B's body outlines, across modalities) are drawn over A, B and the
+    checkerboard, and ``modalities`` (:func:`dicyc.modality.resolve`) picks the metrics table:
+    NMI and the outline measures across modalities, the voxel-wise metrics otherwise.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -413,6 +470,8 @@ def render_montage(
         "error": _to_lps(error, axes_map),
     }
     mask_view = _to_lps(mask, axes_map) if mask is not None else None
+    cross = bool(modalities and modalities.get("cross_modality"))
+    body_views = [(_to_lps(m, axes_map), colour) for m, colour in zip(outlines or (), OUTLINE_COLOURS)]
     outlines = [(_to_lps(st["mask"], axes_map), STRUCTURE_COLOURS[i % len(STRUCTURE_COLOURS)], st["name"])
                 for i, st in enumerate(structures)]
     # a single slice (nz == 1; or a single sagittal/coronal slice) has only its own plane to show
@@ -437,7 +496,7 @@ def render_montage(
     else:
         heights = [cell_w * min(max(h / w, 0.3), 2.0) for (_, _, _, w, h) in geoms]
     table_h = 1.35
-    title_h = 1.0 + (0.25 if structures or zoom_mm is not None else 0.0)
+    title_h = 1.0 + (0.25 if structures or zoom_mm is not None or body_views else 0.0)
     fig_w = 4 * cell_w + 1.3
     fig_h = title_h + sum(heights) + 0.35 * len(row_specs) + table_h
     fig = Figure(figsize=(fig_w, fig_h), dpi=100, facecolor="white")
@@ -451,6 +510,8 @@ def render_montage(
     i, j, k = point
     notes = [f"{st['name']} outlined in {STRUCTURE_COLOUR_NAMES[n % len(STRUCTURE_COLOURS)]}"
              for n, st in enumerate(structures)]
+    if body_views:
+        notes.append(f"body outline of A in {OUTLINE_COLOUR_NAMES[0]}, of B in {OUTLINE_COLOUR_NAMES[1]}")
     if zoom_mm is not None:
         notes.append(f"{float(zoom_mm):g} mm around each view's point")
     names = ("\n" + "; ".join(notes)) if notes else ""
@@ -495,6 +556,11 @@ def render_montage(
                 m = _plane(view, plane, idx)
                 if m.any() and min(m.shape) > 1:
                     ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.9)
+            if key != "error":
+                for view, colour in body_views:
+                    m = _plane(view, plane, idx)
+                    if m.any() and min(m.shape) > 1:
+                        ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.9)
             ax.plot([mx], [my], marker="+", color="#00e5ff", markersize=10, markeredgewidth=1.2)
             if zoom_mm is not None:
                 hx = 0.5 * float(zoom_mm) / pixel_mm[plane][0]
@@ -528,10 +594,20 @@ def render_montage(
     table_ax.axis("off")
     if metrics is not None:
         region = "inside the mask" if mask is not None else "whole volume"
-        columns = [
-            ("MSE", "mse"), ("PSNR (dB)", "psnr"), ("SSIM", "ssim"), ("SSIM(HG)", "ssim_hg"),
-            ("MAE", "mae"), ("NMI", "nmi"), ("voxels", "n_voxels"), ("data range", "data_range"),
-        ]
+        if cross:
+            columns = [
+                ("NMI", "nmi"), ("outline Dice", "dice_outline"), ("outline dist. (mm)", "surface_distance_mean_mm"),
+                ("outline HD95 (mm)", "surface_distance_95_mm"), ("voxels (NMI)", "n_voxels"),
+            ]
+            note = (f"A and B are different modalities ({_modality_text(modalities)}): NMI and the body outlines, "
+                    "not MSE/PSNR/SSIM, which would only measure the contrast gap")
+        else:
+            columns = [
+                ("MSE", "mse"), ("PSNR (dB)", "psnr"), ("SSIM", "ssim"), ("SSIM(HG)", "ssim_hg"),
+                ("MAE", "mae"), ("NMI", "nmi"), ("voxels", "n_voxels"), ("data range", "data_range"),
+            ]
+            note = ("metrics of A (as prediction) against B (as reference) on A's grid; "
+                    "MSE and MAE in the volumes' own units")
         cells = [[region] + [_format_value(metrics.get(key)) for _, key in columns]]
         table = table_ax.table(
             cellText=cells, colLabels=["A vs B"] + [label for label, _ in columns],
@@ -543,12 +619,7 @@ def render_montage(
             if row == 0:
                 cell.set_facecolor("#e8e8e8")
                 cell.set_text_props(fontweight="bold")
-        table_ax.text(
-            0.5, 0.92,
-            "metrics of A (as prediction) against B (as reference) on A's grid; "
-            "MSE and MAE in the volumes' own units",
-            ha="center", va="center", fontsize=9, transform=table_ax.transAxes,
-        )
+        table_ax.text(0.5, 0.92, note, ha="center", va="center", fontsize=9, transform=table_ax.transAxes)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, facecolor="white")
     return buffer.getvalue()

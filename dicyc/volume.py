@@ -12,6 +12,7 @@ volume from another keeps this geometry exactly, and every write is atomic.
 """
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,18 +327,23 @@ def volume_format(path):
     )
 
 
-def write_volume(volume, path):
+def write_volume(volume, path, modality=None):
     """Write ``volume`` atomically to ``path``; the format follows the extension.
 
     A path without an extension becomes a DICOM series folder (one file per slice). DICOM
     stores integers: integer-valued data within int16 are stored exactly, anything else with a
     rescale slope/intercept (DICOM's own way of storing real values).
+
+    ``modality`` (e.g. "CT", "MR", "T2"), where given, is recorded in the file so that later
+    comparisons know what it holds without guessing (:func:`read_modality`): see
+    :func:`modality_note` for where each format keeps it.
     """
     sitk = _sitk()
     fmt = volume_format(path)
+    note = modality_note(modality) if modality else None  # a bad name fails before anything is written
     path = Path(str(path).rstrip(os.sep))
     if fmt == "dicom-folder":
-        _write_dicom_series(volume, path)
+        _write_dicom_series(volume, path, modality=modality)
         return path
     if fmt == ".dcm" and volume.shape[0] != 1:
         raise DicycError(
@@ -345,9 +351,11 @@ def write_volume(volume, path):
             f"{volume.shape[0]}-slice DICOM series."
         )
     if fmt == ".dcm":
-        _write_dicom_series(volume, path, single_file=True)
+        _write_dicom_series(volume, path, single_file=True, modality=modality)
         return path
     image = volume.to_sitk()
+    if note:
+        image.SetMetaData(FILE_NOTES_KEY, note)
     with atomic_path(path) as tmp:
         # .mhd/.nhdr write a second (raw) data file named after the header: write both under the
         # temporary name, then rename the data file too.
@@ -355,6 +363,106 @@ def write_volume(volume, path):
         if fmt in (".mhd", ".nhdr"):
             _publish_detached_data(tmp, path, fmt)
     return path
+
+
+# ===================================================================== recorded modality
+#: SimpleITK's metadata key that NIfTI writes as its 80-character ``descrip`` field and NRRD,
+#: MetaImage (.mha/.mhd) write as a header line; read back the same way by each
+FILE_NOTES_KEY = "ITK_FileNotes"
+_MODALITY_TOKEN = re.compile(r"\bmodality=([A-Za-z0-9*+_-]{1,16})")
+
+
+def modality_note(modality):
+    """The text recording ``modality`` in a file: ``"dicyc modality=CT"``.
+
+    Why a token in a free-text field: it is the one place every format we write keeps (NIfTI's
+    ``descrip``, a NRRD or MetaImage header key, DICOM's SeriesDescription), survives being
+    copied, renamed or opened and saved by other tools that keep headers, and is short enough for
+    NIfTI's 80 characters. DICOM output also gets the matching Modality tag (CT or MR).
+    """
+    text = str(modality).strip()
+    if not re.fullmatch(r"[A-Za-z0-9*+_-]{1,16}", text):
+        raise DicycError(f"{modality!r} is not a modality name such as CT, MR, T1 or T2.")
+    return f"dicyc modality={text}"
+
+
+def _modality_from_note(text):
+    match = _MODALITY_TOKEN.search(str(text or ""))
+    return match.group(1) if match else None
+
+
+def _dicom_modality(reader_or_image):
+    """The modality a DICOM header gives: our SeriesDescription token, else its Modality tag (CT/MR)."""
+    get = reader_or_image.GetMetaData
+    has = reader_or_image.HasMetaDataKey
+    if has("0008|103e"):
+        found = _modality_from_note(get("0008|103e"))
+        if found:
+            return found
+    if has("0008|0060"):
+        tag = get("0008|0060").strip().upper()
+        if tag in ("CT", "MR"):
+            return tag
+    return None
+
+
+def read_modality(path):
+    """The modality recorded in the header of ``path`` (a file or DICOM series folder), else None.
+
+    Reads only the header. Sources: the ``modality=`` token that :func:`write_volume` writes
+    (every format), and for DICOM also the standard Modality tag, which scanners fill in (CT, MR).
+    Files that record nothing, or that cannot be read as images, give None: the caller falls
+    back on other evidence.
+    """
+    sitk = _sitk()
+    path = Path(path)
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path)) or ()
+            if not series:
+                return None
+            names = max((reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series), key=len)
+            path = Path(names[0])
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    if reader.HasMetaDataKey("0008|0060") or reader.HasMetaDataKey("0008|103e"):
+        return _dicom_modality(reader)
+    for key in (FILE_NOTES_KEY, "descrip"):
+        if reader.HasMetaDataKey(key):
+            found = _modality_from_note(reader.GetMetaData(key))
+            if found:
+                return found
+    return None
+
+
+def record_modality(path, modality):
+    """Make the file at ``path`` record ``modality``; returns True if it had to be rewritten.
+
+    A no-op (header read only) when the file already records it. Otherwise the image is read and
+    written again, atomically, with the note added and everything else kept: for volumes
+    written by code that did not pass ``modality`` to :func:`write_volume`.
+    """
+    note = modality_note(modality)
+    current = read_modality(path)
+    if current is not None and current.upper() == note.split("=", 1)[1].upper():
+        return False
+    if volume_format(path) in ("dicom-folder", ".dcm"):
+        write_volume(read_volume(path, allow_2d=True, check_finite=False), path, modality=modality)
+        return True
+    sitk = _sitk()
+    path = Path(path)
+    image = sitk.ReadImage(str(path))
+    image.SetMetaData(FILE_NOTES_KEY, note)
+    fmt = volume_format(path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=fmt in (".nii.gz", ".nrrd", ".mha"))
+        if fmt in (".mhd", ".nhdr"):
+            _publish_detached_data(tmp, path, fmt)
+    return True
 
 
 def _publish_detached_data(tmp, path, fmt):
@@ -393,8 +501,12 @@ def _dicom_storage(array):
     return arr, slope, intercept
 
 
-def _write_dicom_series(volume, path, single_file=False):
-    """Write a DICOM series (one file per slice) with positions, orientation and spacing."""
+def _write_dicom_series(volume, path, single_file=False, modality=None):
+    """Write a DICOM series (one file per slice) with positions, orientation and spacing.
+
+    ``modality`` sets the Modality tag (CT, or MR for any MR weighting; OT when unknown) and a
+    SeriesDescription carrying :func:`modality_note`, which keeps the weighting.
+    """
     import tempfile
     import time
 
@@ -418,7 +530,7 @@ def _write_dicom_series(volume, path, single_file=False):
             sl.SetSpacing(volume.spacing[:2])
             pos = m @ np.array([0.0, 0.0, k, 1.0])
             tags = {
-                "0008|0060": "OT",
+                "0008|0060": ("CT" if str(modality).upper() == "CT" else "MR") if modality else "OT",
                 "0010|0010": "DiCyc^Export",
                 "0020|000d": study_uid,
                 "0020|000e": series_uid,
@@ -433,6 +545,8 @@ def _write_dicom_series(volume, path, single_file=False):
                 "0028|1053": f"{slope:.10g}",
                 "0028|1054": "US",
             }
+            if modality:
+                tags["0008|103e"] = modality_note(modality)
             if base.dtype != np.int16:
                 tags.update({"0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1"})
             for key, value in tags.items():

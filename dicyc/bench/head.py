@@ -7,15 +7,21 @@ CT. What DiCyc promises can still be measured:
   source MR's, NMI between source MR and synthetic CT, and whether the CT's head-rest (a
   domain-specific object no MR shows) is hallucinated: non-air voxels outside the source head;
 * **realism** — the 1-D Wasserstein distance between the HU histogram inside the head and the
-  real CT's, and the air / soft-tissue / bone fractions of both.
+  real CT's, and the air / soft-tissue / bone fractions of both;
+* **slice consistency** — the streaks slice-wise synthesis leaves
+  (:func:`dicyc.metrics.slice_streaks`), relative to the real CT's.
 
-Checkerboard and error views of source vs synthesis are written for each method.
+Checkerboard and error views of source vs synthesis are written for each method. The outlines,
+NMI and streaks are the engine's (:mod:`dicyc.metrics`), so ``dicyc compare``, ``dicyc evaluate``
+and the demo report (:mod:`dicyc.report`) give the same numbers for the same volumes.
 """
 
 import time
 from pathlib import Path
 
 import numpy as np
+
+from dicyc.metrics import dice
 
 SETTINGS = {
     "quick": {"spacing": 4.0, "slice_size": 64, "ngf": 16, "n_blocks": 3, "ndf": 16, "iterations": 1500, "batch_size": 4},
@@ -26,53 +32,69 @@ DEFAULT_METHODS = ("cyclegan", "dicyc")
 BANDS = {"air": (-np.inf, -200.0), "soft_tissue": (-200.0, 300.0), "bone": (300.0, np.inf)}
 
 
-def head_mask(volume, threshold=None):
-    """Head outline: :func:`dicyc.preprocess.body_mask` (the opening detaches a thin head-rest)."""
-    from dicyc.preprocess import body_mask
-
-    return body_mask(volume, threshold=threshold)
-
-
-def dice(a, b):
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / total) if total else 1.0
-
-
 def tissue_fractions(hu):
     hu = np.asarray(hu, dtype=np.float64)
     return {name: float(np.mean((hu >= lo) & (hu < hi))) for name, (lo, hi) in BANDS.items()} if hu.size else {}
 
 
-def alignment_and_realism(synthetic, source_mr, real_ct):
-    """The §2 scores of one synthetic CT (on the source MR's grid) against its source and a real CT."""
+def alignment_masks(synthetic, source_mr, mr_head=None):
+    """The masks the §2 scores are made of, for scores and figures alike (:mod:`dicyc.report`).
+
+    ``mr_head`` and ``syn_head``: the outlines of the source MR and of the synthetic CT
+    (:func:`dicyc.metrics.body_outline`, MR and CT rules); ``outside``: everything beyond the
+    MR head dilated by two voxels (a margin for partial-volume skin); ``hallucinated``: what
+    the synthesis puts there with a density above -500 HU, where the source has only air, such
+    as the CT's head-rest. ``mr_head`` is the source's outline where the caller has it (it is
+    the same for every synthesis of one source).
+    """
     from scipy import ndimage
+
+    from dicyc.metrics import body_outline
+
+    mr_head = body_outline(source_mr, "MR") if mr_head is None else np.asarray(mr_head, bool)
+    syn_head = body_outline(synthetic, "CT")
+    outside = ~ndimage.binary_dilation(mr_head, iterations=2)
+    hallucinated = outside & (np.asarray(synthetic.array) > -500.0)
+    return {"mr_head": mr_head, "syn_head": syn_head, "outside": outside, "hallucinated": hallucinated}
+
+
+def alignment_and_realism(synthetic, source_mr, real_ct, masks=None):
+    """The §2 scores of one synthetic CT (on the source MR's grid) against its source and a real CT.
+
+    ``masks`` are :func:`alignment_masks` of the same pair, where the caller has them already.
+    """
     from scipy.stats import wasserstein_distance
 
-    from dicyc.metrics import compute_metrics
+    from dicyc.metrics import body_outline, nmi, slice_streaks, streak_ratio, surface_distances
 
-    mr_head = head_mask(source_mr)
+    masks = masks or alignment_masks(synthetic, source_mr)
+    mr_head, syn_head, outside, hallucinated = (masks[k] for k in ("mr_head", "syn_head", "outside", "hallucinated"))
     syn = np.asarray(synthetic.array, dtype=np.float32)
-    syn_head = head_mask(synthetic, threshold=-500.0)
-    outside = ~ndimage.binary_dilation(mr_head, iterations=2)
-    hallucinated = outside & (syn > -500.0)
     voxel_ml = float(np.prod(synthetic.spacing)) / 1000.0
     real = np.asarray(real_ct.array, dtype=np.float32)
-    real_head = head_mask(real_ct, threshold=-500.0)
+    real_head = body_outline(real_ct, "CT")
     rng = np.random.default_rng(0)
 
     def sample(values, n=200000):
         return values if values.size <= n else rng.choice(values, n, replace=False)
 
     syn_values, real_values = syn[mr_head], real[real_head]
+    distance_mean, distance_95 = surface_distances(syn_head, mr_head, synthetic.spacing)
+    streaks = slice_streaks(synthetic, syn_head)["streak_index"]
+    streaks_real = slice_streaks(real_ct, real_head)["streak_index"]
     return {
         "dice_head": dice(syn_head, mr_head),
-        "nmi_source": float(compute_metrics(syn, np.asarray(source_mr.array, dtype=np.float32))["nmi"]),
+        "surface_distance_mean_mm": distance_mean,
+        "surface_distance_95_mm": distance_95,
+        "nmi_source": nmi(syn, np.asarray(source_mr.array, dtype=np.float32)),
         "headrest_ml": float(hallucinated.sum() * voxel_ml),
         "headrest_fraction_outside": float(hallucinated.sum() / max(outside.sum(), 1)),
         "hu_wasserstein": float(wasserstein_distance(sample(syn_values), sample(real_values))),
         "fractions": tissue_fractions(syn_values),
         "real_fractions": tissue_fractions(real_values),
+        "streak_index": streaks,
+        "streak_index_real": streaks_real,
+        "streak_ratio": streak_ratio(streaks, streaks_real),
     }
 
 
@@ -103,21 +125,32 @@ def run(args, log, settings=None):
         write_volume(synthetic, root / f"synthetic-ct-{method}.nii.gz")
         scores = alignment_and_realism(synthetic, mr, ct)
         compare_volumes(synthetic, mr, root / f"report-{method}", tiles=8, error_units="window",
-                        a_name=f"synthetic CT ({method})", b_name="source MR (Colin27 T1)")
+                        a_name=f"synthetic CT ({method})", b_name="source MR (Colin27 T1)", modality_a="CT",
+                        modality_b="MR")
         results.append({"method": method, "training_seconds": seconds, "run": str(model_path.parent), **scores})
         log(f"{method}: head Dice {scores['dice_head']:.3f}, NMI(source) {scores['nmi_source']:.3f}, "
-            f"head-rest {scores['headrest_ml']:.1f} ml, HU W1 {scores['hu_wasserstein']:.1f}")
+            f"head-rest {scores['headrest_ml']:.1f} ml, HU W1 {scores['hu_wasserstein']:.1f}, "
+            f"streaks {_number(scores['streak_ratio'], '.2f')} x the real CT's")
     return {"results": results, "config": {"mode": mode, "methods": methods, **s, "root": str(root)},
             "machine": machine_info(), "wall_s": round(time.monotonic() - started, 1)}
 
 
+def _number(value, spec):
+    return "n/a" if value is None else format(value, spec)
+
+
 def summary(result):
-    lines = [f"{'method':12s} {'head Dice':>9s} {'NMI(src)':>8s} {'head-rest ml':>12s} {'HU W1':>7s}  air/soft/bone (real)"]
+    lines = [f"{'method':12s} {'head Dice':>9s} {'dist mm':>7s} {'NMI(src)':>8s} {'head-rest ml':>12s} {'HU W1':>7s} "
+             f"{'streaks':>7s}  air/soft/bone (real)"]
     for r in result["results"]:
         f, g = r["fractions"], r["real_fractions"]
         lines.append(
-            f"{r['method']:12s} {r['dice_head']:9.3f} {r['nmi_source']:8.3f} {r['headrest_ml']:12.1f} {r['hu_wasserstein']:7.1f}  "
+            f"{r['method']:12s} {r['dice_head']:9.3f} {_number(r.get('surface_distance_mean_mm'), '7.2f')} "
+            f"{r['nmi_source']:8.3f} {r['headrest_ml']:12.1f} {r['hu_wasserstein']:7.1f} "
+            f"{_number(r.get('streak_ratio'), '7.2f')}  "
             f"{f['air']:.2f}/{f['soft_tissue']:.2f}/{f['bone']:.2f} ({g['air']:.2f}/{g['soft_tissue']:.2f}/{g['bone']:.2f})"
         )
+    lines.append("dist: mean surface distance of the head outlines; streaks: slice-to-slice streak index relative to "
+                 "the real CT's (1 = as consistent)")
     lines.append(f"wall time {result['wall_s']:.0f} s; reports under {result['config']['root']}")
     return "\n".join(lines)
