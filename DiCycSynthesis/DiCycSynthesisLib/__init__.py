@@ -7,7 +7,8 @@ One module per concern, each found in one hop:
 * :mod:`.display` — CT windows, the error colour table, how a synthetic volume is shown;
 * :mod:`.models` — model cards, bundled models and the user's models folder;
 * :mod:`.process` — synthesis in a background process (:class:`SynthesisLogic`) or in this one;
-* :mod:`.compare` — checkerboard and error volumes, slice compositing, saving and restoring views;
+* :mod:`.compare` — checkerboard and error volumes, slice compositing, saving and restoring views,
+  centring the views on a segment (and one view on a second segment);
 * :mod:`.roi` — metrics per segment or Markups ROI box;
 * :mod:`.table` — the metrics table node and its CSV export.
 
@@ -26,11 +27,15 @@ from DiCycCommonLib.nodes import (
 
 from .compare import (
     OVERLAY_LAYOUTS,
+    centre_views,
+    centring_roles,
     create_slice_views,
     make_checkerboard_node,
     make_error_node,
     restore_view_state,
     save_view_state,
+    segment_centroid,
+    segment_ids,
     setup_overlay,
     slice_composite_nodes,
 )
@@ -55,11 +60,13 @@ from .table import TABLE_COLUMNS, export_table_csv, metrics_table_node, table_ro
 __all__ = [
     "CT_WINDOWS", "DEFAULT_CT_WINDOW", "MODELS_ENV", "OVERLAY_LAYOUTS", "TABLE_COLUMNS",
     "SynthesisLogic",
-    "add_model", "add_volume_node", "bundled_models", "copy_geometry", "create_slice_views", "ensure_display_node",
+    "add_model", "add_volume_node", "bundled_models", "centre_views", "centring_roles", "copy_geometry",
+    "create_slice_views", "ensure_display_node",
     "error_color_node", "export_table_csv", "ijk_to_ras_of", "is_user_model", "list_models",
-    "make_checkerboard_node", "make_error_node", "metrics_table_node", "model_search_folders", "model_summary",
-    "remove_model", "restore_view_state", "roi_box_mask", "roi_metrics", "save_view_state", "segment_masks",
-    "set_ct_window", "set_window_level", "setup_overlay", "slice_composite_nodes", "style_synthetic",
-    "synthesize_in_process", "table_rows", "target_domain", "update_node_from_volume", "user_models",
-    "user_models_folder", "volume_from_node",
+    "make_checkerboard_node", "make_error_node", "metrics_table_node", "model_search_folders",
+    "model_summary", "remove_model", "restore_view_state",
+    "roi_box_mask", "roi_metrics", "save_view_state",
+    "segment_centroid", "segment_ids", "segment_masks", "set_ct_window", "set_window_level", "setup_overlay",
+    "slice_composite_nodes", "style_synthetic", "synthesize_in_process", "table_rows", "target_domain",
+    "update_node_from_volume", "user_models", "user_models_folder", "volume_from_node",
 ]
