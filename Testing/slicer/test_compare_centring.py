@@ -13,6 +13,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 import DiCycSynthesisLib as L  # noqa: E402
 from dicyc.errors import DicycError  # noqa: E402
 from dicyc.views import _default_point  # noqa: E402  (the CLI's --center-on point)
+from dicyc.volume import read_volume  # noqa: E402
 
 
 def _matrix(array):
@@ -142,3 +143,24 @@ def test_centring_refuses_what_it_cannot_do_in_one_sentence(scene, sv, oblique_c
     with pytest.raises(DicycError, match="select a segmentation and a volume"):
         L.centre_views(scene, None, segmentation, "aorta")
     assert L.segment_ids(None) == [] and L.segment_ids(segmentation) == [("aorta", "aorta"), ("spine", "spine")]
+
+
+def test_on_the_abdominal_sample_the_offsets_land_on_the_aorta_and_the_spine(abdomen_samples, scene, sv):
+    folder, _ = abdomen_samples
+    nodes = L.load_sample_set(scene, "DiCycAbdomen", folder, prepare=False)
+    centred = L.centre_views(scene, nodes["mr"], nodes["segmentation"], "aorta", "spine", zoom_mm=120)
+    aorta = read_volume(folder / "abdomen-aorta-mr.nii.gz", check_finite=False)
+    spine = read_volume(folder / "abdomen-spine-mr.nii.gz", check_finite=False)
+    aorta_ras, spine_ras = _centroid_ras(aorta, aorta.array != 0), _centroid_ras(spine, spine.array != 0)
+    assert _fixed_coordinate(sv["Red"]) == (2, pytest.approx(aorta_ras[2], abs=1e-3))
+    assert _fixed_coordinate(sv["Green"]) == (1, pytest.approx(aorta_ras[1], abs=1e-3))
+    assert _fixed_coordinate(sv["Yellow"]) == (0, pytest.approx(spine_ras[0], abs=1e-3))
+    for name, point in (("Red", aorta_ras), ("Green", aorta_ras), ("Yellow", spine_ras)):
+        assert np.allclose(_translation(sv[name]), point, atol=1e-3), name
+    assert np.allclose(centred["Yellow"]["ras"], spine_ras, atol=1e-3)
+    # anatomy: the aorta lies to the patient's left of the spine and in front of it (RAS: R smaller, A larger)
+    assert aorta_ras[0] < spine_ras[0] and aorta_ras[1] > spine_ras[1]
+    mr = L.volume_from_node(nodes["mr"])
+    ijk = L.segment_centroid(scene, nodes["segmentation"], "aorta", nodes["mr"])[1]
+    assert aorta.array[ijk[2], ijk[1], ijk[0]] == 1  # the point is inside the aorta ...
+    assert mr.array[ijk[2], ijk[1], ijk[0]] > 0  # ... and inside the MR's body
