@@ -6,8 +6,9 @@ Slicer. **Synthesize CT** runs ``PythonSlicer -m dicyc synthesize … --progress
 separate process that a ``QTimer`` polls, so Slicer never freezes; **Cancel** kills the whole
 process tree. The result overlays the input voxel for voxel and gets a CT window. **Compare**
 builds checkerboard and error-image volumes and sets up Slicer's slice compositing (layer reveal
-or side by side); **ROI metrics** scores segments (Segment Editor) or a Markups ROI box into a
-table node that can be exported as CSV.
+or side by side) and can centre the views on a segment (the aorta) with one view through a
+second segment (the spine); **ROI metrics** scores segments (Segment Editor) or a Markups ROI box
+into a table node that can be exported as CSV.
 """
 
 import importlib.util
@@ -32,6 +33,7 @@ from DiCycDependencies import MODEL_PATH_SETTING, pythonSlicerExecutable
 
 POLL_INTERVAL_MS = 200
 MODEL_FILE_ITEM = "Model file…"
+NO_SEGMENT_ITEM = "(none)"
 #: application setting: the user's models folder (default ~/.dicyc/models)
 MODELS_FOLDER_SETTING = "DiCyc/ModelsFolder"
 
@@ -61,6 +63,9 @@ run never overwrites it.</li>
 <li><b>Compare</b>: a checkerboard of synthetic and reference (broken edges at tile borders mean
 misalignment — check the aorta and the spine), an error image |synthetic − reference| with a colour
 table over the reference, and an overlay with layer reveal (opacity) or side-by-side views.
+<b>Centre on</b> a segment (e.g. the aorta) puts every view through its centre, and <b>Second view</b>
+(e.g. the spine) puts one view — Yellow, or Green in side-by-side — through another segment's centre, so
+both alignments are judged at once; <b>Field of view</b> zooms to that many millimetres.
 <b>Restore views</b> (also on leaving the module or collapsing Compare) gives back the layout, slice
 orientations and linking you had before.</li>
 <li><b>ROI metrics</b>: MSE, PSNR, SSIM and MAE per segment of a segmentation (draw e.g. the aorta in
@@ -95,7 +100,10 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         "ReferenceVolume": "referenceVolumeSelector",
         "Segmentation": "segmentationSelector",
         "ROI": "roiSelector",
+        "CompareSegmentation": "compareSegmentationSelector",
     }
+    #: parameter name → combo box of the segment it names (a segment ID of the Compare segmentation)
+    SEGMENT_PARAMETERS = {"CenterSegment": "centerSegmentComboBox", "AlsoSegment": "alsoSegmentComboBox"}
     #: packages that Reload reads from disk again (with DiCycDependencies.SHARED_PACKAGES)
     LIB_PACKAGES = ("DiCycSynthesisLib",)
 
@@ -110,6 +118,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._modelUsable = False
         self._savedViews = None  # the views as they were before Compare changed them
         self._outputNodeID = None  # the output chosen when the running synthesis started
+        self._observedSegmentation = None  # the vtkSegmentation whose segments the Compare combos list
 
     # ----------------------------------------------------------------- set-up
     def setup(self):
@@ -140,6 +149,11 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.batchSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.tilesSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.zoomSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        for combo in self.SEGMENT_PARAMETERS.values():
+            getattr(self.ui, combo).connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.compareSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",
+                                                    self.onCompareSegmentationChanged)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.revealRadioButton.connect("toggled(bool)", self.onViewModeChanged)
 
@@ -149,6 +163,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.errorImageButton.connect("clicked(bool)", self.onErrorImage)
         self.ui.overlayButton.connect("clicked(bool)", self.onOverlay)
         self.ui.restoreViewsButton.connect("clicked(bool)", self.restoreViews)
+        self.ui.centerViewsButton.connect("clicked(bool)", self.onCenterViews)
         self.ui.compareCollapsibleButton.connect("contentsCollapsed(bool)", self.onCompareCollapsed)
         self.ui.computeMetricsButton.connect("clicked(bool)", self.onComputeMetrics)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
@@ -164,6 +179,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is not None:
             self.logic.synthesis.cancel()
         self.removeObservers()
+        self._observedSegmentation = None
 
     def onReload(self):
         """Developer Reload: read the Lib packages from disk again too, not only this file."""
@@ -173,6 +189,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self):
         self.initializeParameterNode()
         self.takeModelFromTraining()
+        self.onSegmentsChanged()
 
     def exit(self):
         self.restoreViews()
@@ -189,6 +206,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.synthesis.cancel()
             self.setRunning(False, "Cancelled: the scene was closed.")
         self.setParameterNode(None)
+        self._observeSegmentation(None)
         self._metricsTableNode = None
         self._savedViews = None  # the views are reset with the scene
 
@@ -231,6 +249,8 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._selectText(self.ui.precisionComboBox, p.GetParameter("Precision") or "auto")
             self.ui.batchSpinBox.value = int(p.GetParameter("Batch") or 8)
             self.ui.tilesSpinBox.value = int(p.GetParameter("Tiles") or 8)
+            self.ui.zoomSpinBox.value = int(float(p.GetParameter("ZoomMm") or 0))
+            self.fillSegmentComboBoxes()
             model = p.GetParameter("ModelPath")
             if model and model != self.currentModelPath():
                 self.selectModelPath(model)
@@ -250,6 +270,9 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.SetParameter("Precision", self.ui.precisionComboBox.currentText)
         p.SetParameter("Batch", str(self.ui.batchSpinBox.value))
         p.SetParameter("Tiles", str(self.ui.tilesSpinBox.value))
+        p.SetParameter("ZoomMm", str(self.ui.zoomSpinBox.value))
+        for name, combo in self.SEGMENT_PARAMETERS.items():
+            p.SetParameter(name, self._segmentChoice(getattr(self.ui, combo)))
         p.SetParameter("ModelPath", self.currentModelPath() or "")
         p.EndModify(was)
         self.updateButtons()
@@ -375,6 +398,11 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.computeMetricsButton):
             button.enabled = haveBoth
         self.ui.restoreViewsButton.enabled = self._savedViews is not None
+        haveVolume = (self.ui.syntheticVolumeSelector.currentNode() is not None
+                      or self.ui.referenceVolumeSelector.currentNode() is not None)
+        self.ui.centerViewsButton.enabled = (haveVolume
+                                             and self.ui.compareSegmentationSelector.currentNode() is not None
+                                             and bool(self._segmentChoice(self.ui.centerSegmentComboBox)))
         self.ui.exportCsvButton.enabled = self._metricsTableNode is not None
 
     def setRunning(self, running, message=""):
@@ -479,6 +507,81 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if collapsed:
             self.restoreViews()
 
+    # segments to centre the views on
+    @staticmethod
+    def _segmentChoice(combo):
+        """The segment ID a combo box has selected ("" for none)."""
+        return str(combo.itemData(combo.currentIndex) or "") if combo.currentIndex >= 0 else ""
+
+    def _observeSegmentation(self, node):
+        """Follow the segments of the Compare segmentation (added, removed, renamed in Segment Editor)."""
+        segmentation = node.GetSegmentation() if node is not None else None
+        if segmentation is self._observedSegmentation:
+            return
+        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+        if self._observedSegmentation is not None:
+            for event in events:
+                self.removeObserver(self._observedSegmentation, event, self.onSegmentsChanged)
+        self._observedSegmentation = segmentation
+        if segmentation is not None:
+            for event in events:
+                self.addObserver(segmentation, event, self.onSegmentsChanged)
+
+    def fillSegmentComboBoxes(self):
+        """List the Compare segmentation's segments in "Centre on" and "Second view", selecting the
+        segments the parameter node names ("(none)" where it names none or one that is gone)."""
+        node = self.ui.compareSegmentationSelector.currentNode()
+        self._observeSegmentation(node)
+        segments = _lib().segment_ids(node)
+        for name, comboName in self.SEGMENT_PARAMETERS.items():
+            combo = getattr(self.ui, comboName)
+            wanted = (self._parameterNode.GetParameter(name) if self._parameterNode is not None
+                      else self._segmentChoice(combo))
+            wasBlocked = combo.blockSignals(True)
+            try:
+                combo.clear()
+                combo.addItem(NO_SEGMENT_ITEM, "")
+                for segmentId, segmentName in segments:
+                    combo.addItem(segmentName, segmentId)
+                combo.currentIndex = max(combo.findData(wanted), 0) if wanted else 0
+            finally:
+                combo.blockSignals(wasBlocked)
+            combo.enabled = node is not None
+
+    def onCompareSegmentationChanged(self, *args):
+        self.fillSegmentComboBoxes()
+        self.updateParameterNodeFromGUI()
+
+    def onSegmentsChanged(self, caller=None, event=None):
+        self.fillSegmentComboBoxes()
+        self.updateParameterNodeFromGUI()
+
+    def _centreOnSegments(self):
+        """Centre the views on the "Centre on" segment, one view on the "Second view" segment, at the
+        chosen field of view; nothing (None) when no segment is chosen."""
+        segmentation = self.ui.compareSegmentationSelector.currentNode()
+        centerId = self._segmentChoice(self.ui.centerSegmentComboBox)
+        if segmentation is None or not centerId:
+            return None
+        synthetic, reference = self._pair()
+        volume = synthetic if synthetic is not None else reference  # the grid the comparison volumes share
+        views = _lib().centre_views(slicer.mrmlScene, volume, segmentation, centerId,
+                                    self._segmentChoice(self.ui.alsoSegmentComboBox) or None,
+                                    zoom_mm=self.ui.zoomSpinBox.value or None)
+        names = dict(_lib().segment_ids(segmentation))
+        byRole = {}
+        for view, info in views.items():
+            byRole.setdefault(info["role"], (names.get(info["segment"], info["segment"]), []))[1].append(view)
+        text = "; ".join(f"{', '.join(viewNames)} through the centre of {segment}"
+                         for segment, viewNames in byRole.values())
+        slicer.util.showStatusMessage(f"Views centred: {text}.", 5000)
+        return views
+
+    def onCenterViews(self):
+        with slicer.util.tryWithErrorDisplay("Could not centre the views.", waitCursor=True):
+            self._centreOnSegments()
+
     def onCheckerboard(self):
         synthetic, reference = self._pair()
         if not DiCycDependencies.ensureDependencies("comparison"):
@@ -488,6 +591,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._keepViews()
             _lib().setup_overlay(slicer.mrmlScene, board, None, opacity=0.0, layout="reveal")
             slicer.util.resetSliceViews()
+            self._centreOnSegments()
 
     def onErrorImage(self):
         synthetic, reference = self._pair()
@@ -499,6 +603,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _lib().setup_overlay(slicer.mrmlScene, reference, error, opacity=self.ui.opacitySliderWidget.value,
                                  layout="reveal")
             slicer.util.resetSliceViews()
+            self._centreOnSegments()
 
     def onOverlay(self):
         synthetic, reference = self._pair()
@@ -507,6 +612,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _lib().setup_overlay(slicer.mrmlScene, synthetic, reference, opacity=self.ui.opacitySliderWidget.value,
                                  layout=self._layoutMode())
             slicer.util.resetSliceViews()
+            self._centreOnSegments()
 
     def onOpacityChanged(self, value):
         for node in _lib().slice_composite_nodes(slicer.mrmlScene).values():
@@ -560,7 +666,8 @@ class DiCycSynthesisLogic(ScriptedLoadableModuleLogic):
         self.synthesis = _lib().SynthesisLogic(python=pythonSlicerExecutable())
 
     def setDefaultParameters(self, parameterNode):
-        defaults = {"Direction": "a2b", "Device": "auto", "Precision": "auto", "Batch": "8", "Tiles": "8"}
+        defaults = {"Direction": "a2b", "Device": "auto", "Precision": "auto", "Batch": "8", "Tiles": "8",
+                    "ZoomMm": "0"}
         for name, value in defaults.items():
             if not parameterNode.GetParameter(name):
                 parameterNode.SetParameter(name, value)
@@ -580,6 +687,11 @@ class DiCycSynthesisLogic(ScriptedLoadableModuleLogic):
         """Metrics per region into a table node (returned)."""
         rows = _lib().roi_metrics(slicer.mrmlScene, syntheticNode, referenceNode, segmentationNode, roiNode)
         return _lib().metrics_table_node(slicer.mrmlScene, rows, table_node=tableNode)
+
+    def centreViews(self, volumeNode, segmentationNode, centerSegmentId, alsoSegmentId=None, zoomMm=None):
+        """Slice views through a segment's centre, one view through a second segment's; {view: info}."""
+        return _lib().centre_views(slicer.mrmlScene, volumeNode, segmentationNode, centerSegmentId, alsoSegmentId,
+                                   zoom_mm=zoomMm)
 
 
 #

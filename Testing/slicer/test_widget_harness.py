@@ -51,6 +51,8 @@ BREAKAGES = [
      AttributeError, "synthesizeButton"),
     ("DiCycSynthesis", "Resources/UI/DiCycSynthesis.ui", 'name="restoreViewsButton"', 'name="restoreButton"',
      AttributeError, "restoreViewsButton"),
+    ("DiCycSynthesis", "Resources/UI/DiCycSynthesis.ui", 'name="centerSegmentComboBox"', 'name="centreSegmentComboBox"',
+     AttributeError, "centerSegmentComboBox"),
     ("DiCycTraining", "Resources/UI/DiCycTraining.ui", 'name="outputDirectoryPathLineEdit"',
      'name="outputFolderPathLineEdit"', AttributeError, "outputDirectoryPathLineEdit"),
     ("DiCycSynthesis", "Resources/UI/DiCycSynthesis.ui", '<property name="noneDisplay">', '<property name="noneText">',
