@@ -9,12 +9,18 @@ builds checkerboard and error-image volumes and sets up Slicer's slice compositi
 or side by side) and can centre the views on a segment (the aorta) with one view through a
 second segment (the spine); **ROI metrics** scores segments (Segment Editor) or a Markups ROI box
 into a table node that can be exported as CSV.
+
+The module also registers DiCyc's samples with Slicer's *Sample Data* module (category "DiCyc":
+``DiCycAbdomen``, the abdominal MR/CT phantom with its aorta and spine, and ``DiCycHead``): the
+files are the engine's own (``dicyc samples``), prepared from Debian and PyPI packages on first
+use and never downloaded from the web (:mod:`DiCycSynthesisLib.samples`).
 """
 
 import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import qt
@@ -72,6 +78,10 @@ orientations and linking you had before.</li>
 Segment Editor) or inside a Markups ROI box, in a table you can export as CSV. The numbers are
 those of <code>dicyc evaluate --mask</code>.</li>
 </ul>
+<p>Try it on <b>Sample Data → DiCyc → DiCycAbdomen</b>: an abdominal MR, its CT, the CT in the MR's posture
+(ground truth) and the aorta and spine segments, all selected here — click <b>Synthesize CT</b>,
+<b>Checkerboard</b> and <b>Compute metrics</b>. The files are prepared by <code>dicyc samples</code> from
+Debian/PyPI packages the first time (nothing is downloaded from the web).</p>
 """
         self.parent.acknowledgementText = """
 DiCyc follows Wang C., Yang G., Papanastasiou G., Tsaftaris S.A., Newby D.E., Gray C., Macnaught G.,
@@ -79,6 +89,8 @@ MacGillivray T.J., "DiCyc: GAN-based deformation invariant cross-domain informat
 medical image synthesis", Information Fusion 67 (2021) 147–160, building on CycleGAN (Zhu et al. 2017).
 PyTorch is provided by the PyTorch extension (SlicerPyTorch).
 """
+        # Sample Data exists once the application has started (as in Slicer's module templates)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def _lib():
@@ -86,6 +98,72 @@ def _lib():
     import DiCycSynthesisLib
 
     return DiCycSynthesisLib
+
+
+#
+# DiCyc's samples in Slicer's Sample Data module
+#
+def registerSampleData():
+    """Register DiCyc's samples (DiCycAbdomen, DiCycHead) with Slicer's Sample Data module.
+
+    Each source names the engine's prepared files by ``file://`` URI (nothing is downloaded) and
+    has a :class:`DiCycSampleLoader` as its ``customDownloader``: clicking the sample prepares
+    missing files with the engine and loads the set, segments included.
+    """
+    try:
+        import SampleData
+    except ImportError:  # Slicer runs without its Sample Data module
+        logging.info("DiCyc: the Sample Data module is not loaded; DiCyc's samples are not registered.")
+        return
+    lib = _lib()
+    from DiCycSynthesisLib import samples
+
+    logic = SampleData.SampleDataLogic
+    if hasattr(logic, "registerCustomSampleDataCategory"):  # Slicer 5.9 and later
+        logic.registerCustomSampleDataCategory(samples.CATEGORY, samples.CATEGORY_TITLE)
+    thumbnail = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons", "DiCycSynthesis.png")
+    for name in lib.SAMPLE_SETS:
+        logic.registerCustomSampleDataSource(customDownloader=DiCycSampleLoader(name),
+                                             **lib.registration_arguments(name, thumbnail=thumbnail))
+
+
+class DiCycSampleLoader:
+    """The ``customDownloader`` of a DiCyc sample: Sample Data calls it with the source when the
+    sample's button is clicked; it runs :func:`loadSampleData`."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        # Sample Data compares sources by their text: a stable one keeps a Reload from adding a twin
+        return f"DiCycSampleLoader({self.name!r})"
+
+    def __call__(self, source=None):
+        # the module as it is now (after a Reload, its new code)
+        return getattr(sys.modules.get(__name__), "loadSampleData", loadSampleData)(self.name)
+
+
+def loadSampleData(name, selectModule=True):
+    """What clicking a DiCyc sample in Sample Data does: prepare its files with the engine on first use
+    (asking once for the packages that needs), load the set, select it in DiCyc Synthesis, show the
+    first volume and open the module. Returns {role: node} ({} when the user declines the packages); an
+    error is shown in one sentence and raised again, as ``slicer.util.tryWithErrorDisplay`` does."""
+    lib = _lib()
+    if lib.missing_files(name) and not DiCycDependencies.ensureDependencies("samples"):
+        return {}
+    nodes = {}
+    with slicer.util.tryWithErrorDisplay(f"Could not load the DiCyc sample {name}.", waitCursor=True):
+        if lib.missing_files(name):
+            slicer.util.showStatusMessage(f"Preparing the DiCyc sample {name} (first use only)…")
+            slicer.app.processEvents()
+        nodes = DiCycSynthesisLogic().loadSample(name)
+        first = nodes[lib.sample_set(name).volumes[0].role]
+        slicer.util.setSliceViewerLayers(background=first, foreground=None, fit=True)
+        if selectModule:
+            slicer.util.selectModule("DiCycSynthesis")
+        slicer.util.showStatusMessage(f"DiCyc sample {name} loaded: {', '.join(n.GetName() for n in nodes.values())}.",
+                                      5000)
+    return nodes
 
 
 #
@@ -693,6 +771,13 @@ class DiCycSynthesisLogic(ScriptedLoadableModuleLogic):
         return _lib().centre_views(slicer.mrmlScene, volumeNode, segmentationNode, centerSegmentId, alsoSegmentId,
                                    zoom_mm=zoomMm)
 
+    def loadSample(self, name, folder=None):
+        """Load DiCyc sample ``name`` (``DiCycAbdomen``, ``DiCycHead``) into the scene — its files prepared
+        by the engine on first use — and select it in this module's parameter node; {role: node}."""
+        nodes = _lib().load_sample_set(slicer.mrmlScene, name, folder=folder, log=logging.info)
+        _lib().apply_sample_parameters(self.getParameterNode(), name, nodes)
+        return nodes
+
 
 #
 # DiCycSynthesisTest — in-Slicer self-test for users (Reload and Test)
@@ -706,6 +791,8 @@ class DiCycSynthesisTest(ScriptedLoadableModuleTest):
         self.test_CompareAndMetrics()
         self.setUp()
         self.test_Synthesis()
+        self.setUp()
+        self.test_AbdominalSampleLoop()
 
     def _phantom(self, name, scale=1.0, offset=0.0, seed=0):
         import numpy as np
@@ -806,3 +893,75 @@ class DiCycSynthesisTest(ScriptedLoadableModuleTest):
                                     atol=1e-3))
         shutil.rmtree(folder, ignore_errors=True)
         self.delayDisplay("Synthesis passed")
+
+    def test_AbdominalSampleLoop(self):
+        """What a user does with Sample Data → DiCyc → DiCycAbdomen: load the sample, Synthesize CT,
+        a checkerboard with the views centred on the aorta and one view on the spine, and the
+        metrics inside the aorta segment against the ground-truth CT."""
+        import numpy as np
+
+        import SampleData
+        from dicyc.metrics import compute_metrics
+        from dicyc.volume import read_volume
+
+        lib = _lib()
+        name = "DiCycAbdomen"
+        self.delayDisplay("DiCyc's samples are registered with Sample Data, from local files")
+        registerSampleData()
+        sources = {s.sampleName: s for s in SampleData.SampleDataLogic.sampleDataSourcesByCategory("DiCyc")}
+        self.assertEqual(set(sources), {"DiCycAbdomen", "DiCycHead"})
+        source = sources[name]
+        self.assertTrue(all(uri.startswith("file:") for uri in source.uris))
+        if lib.missing_files(name) and DiCycDependencies.missingPackages("samples"):
+            self.delayDisplay(f"Preparing {name} needs {', '.join(DiCycDependencies.missingPackages('samples'))}, "
+                              "which is not installed: sample loop skipped")
+            return
+
+        self.delayDisplay("Loading the abdominal sample, as its Sample Data button does")
+        nodes = source.customDownloader(source)
+        mr, truth, segmentation = nodes["mr"], nodes["ct_truth"], nodes["segmentation"]
+        self.assertEqual(set(nodes), {"mr", "ct", "ct_truth", "segmentation"})
+        self.assertEqual(lib.segment_ids(segmentation), [("aorta", "aorta"), ("spine", "spine")])
+        parameters = DiCycSynthesisLogic().getParameterNode()
+        self.assertEqual(parameters.GetNodeReferenceID("InputVolume"), mr.GetID())
+        self.assertEqual(parameters.GetNodeReferenceID("ReferenceVolume"), truth.GetID())
+        self.assertEqual(parameters.GetParameter("CenterSegment"), "aorta")
+        paths = lib.sample_paths(name)
+        aorta = read_volume(paths["abdomen-aorta-mr"], check_finite=False)
+        spine = read_volume(paths["abdomen-spine-mr"], check_finite=False)
+
+        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("safetensors") is None:
+            self.delayDisplay("PyTorch or safetensors is not installed: the sample loop stops after loading")
+            return
+        models = lib.bundled_models()
+        self.assertTrue(models, "the extension bundles no model")
+        model = ([m for m in models if "abdomen" in m.name] or models)[0]
+        self.delayDisplay(f"Synthesize CT from the abdominal MR with {model.name}")
+        synthetic = DiCycSynthesisLogic().synthesize(mr, str(model), device="cpu", precision="fp32")
+        self.assertTrue(np.array_equal(lib.ijk_to_ras_of(synthetic), lib.ijk_to_ras_of(mr)))
+
+        self.delayDisplay("Checkerboard of the synthetic CT over the MR, centred on the aorta, the spine in Yellow")
+        board = lib.make_checkerboard_node(slicer.mrmlScene, synthetic, mr, 8)
+        lib.setup_overlay(slicer.mrmlScene, board, None, opacity=0.0, layout="reveal")
+        slicer.util.resetSliceViews()
+        views = DiCycSynthesisLogic().centreViews(synthetic, segmentation, "aorta", "spine", zoomMm=120)
+        sliceNodes = {n.GetLayoutName(): n for n in slicer.util.getNodesByClass("vtkMRMLSliceNode")}
+        for mask, role in ((aorta, "center"), (spine, "also")):
+            k, j, i = (int(np.floor(c.mean() + 0.5)) for c in np.nonzero(mask.array))
+            expected = (mask.ijk_to_ras() @ [i, j, k, 1.0])[:3]
+            shown = [view for view, info in views.items() if info["role"] == role]
+            self.assertTrue(shown, f"no view goes through the {role} structure")
+            for view in shown:
+                matrix = sliceNodes[view].GetSliceToRAS()
+                self.assertTrue(np.allclose([matrix.GetElement(r, 3) for r in range(3)], expected, atol=1e-3), view)
+
+        self.delayDisplay("Metrics inside the aorta segment against the ground-truth CT")
+        table = DiCycSynthesisLogic().roiMetrics(synthetic, truth, segmentationNode=segmentation)
+        self.assertEqual([table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())], ["aorta", "spine"])
+        rows = lib.roi_metrics(slicer.mrmlScene, synthetic, truth, segmentation_node=segmentation)
+        direct = compute_metrics(lib.volume_from_node(synthetic).array, lib.volume_from_node(truth).array,
+                                 mask=aorta.array != 0)
+        self.assertTrue(np.isclose(rows[0]["mse"], direct["mse"], rtol=1e-9, atol=0))
+        self.assertTrue(np.isclose(rows[0]["ssim"], direct["ssim"], rtol=1e-9, atol=1e-12))
+        self.delayDisplay(f"Abdominal sample loop passed: aorta SSIM {rows[0]['ssim']:.3f}, "
+                          f"PSNR {rows[0]['psnr']:.1f} dB")

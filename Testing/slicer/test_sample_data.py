@@ -1,6 +1,8 @@
-"""DiCyc's samples in Slicer (DiCycSynthesisLib.samples), on real MRML nodes from slicer-core: the
-files are the engine's own, loading gives the right nodes and segments, and the aorta-ROI metric
-on the abdominal sample is the engine's.
+"""DiCyc's samples in Slicer (DiCycSynthesisLib.samples and the module's Sample Data registration),
+on real MRML nodes from slicer-core: the files are the engine's own, loading gives the right nodes
+and segments, the aorta-ROI metric on the abdominal sample is the engine's, and Sample Data (a
+stand-in that keeps registrations as Slicer does) gets local sources whose button loads the set
+into DiCyc Synthesis.
 """
 
 import numpy as np
@@ -12,6 +14,7 @@ import DiCycSynthesisLib as L  # noqa: E402
 from dicyc.errors import DicycError  # noqa: E402
 from dicyc.metrics import evaluate_volumes  # noqa: E402
 from dicyc.volume import read_volume  # noqa: E402
+from standins import sampledata  # noqa: E402
 
 ABDOMEN_SAMPLE = "DiCycAbdomen"
 ABDOMEN_FILES = ["abdomen-mr", "abdomen-ct", "abdomen-ct-in-mr", "abdomen-aorta-mr", "abdomen-spine-mr"]
@@ -98,3 +101,66 @@ def test_the_aorta_roi_metric_on_the_abdominal_sample_is_the_engines_and_sees_th
     assert good["ssim"] > rows[0]["ssim"] + 0.2 and good["mae"] < rows[0]["mae"] / 3
     table = L.metrics_table_node(scene, rows)
     assert table.GetCellText(0, 0) == "aorta" and table.GetNumberOfRows() == 2
+
+
+def test_registration_points_sample_data_at_the_engines_files(slicer_app, monkeypatch, tmp_path):
+    monkeypatch.setenv("DICYC_CACHE", str(tmp_path / "cache"))
+    slicer_app.load("DiCycSynthesis")
+    assert not hasattr(slicer.modules, "sampleDataSources")  # registered once the application has started
+    slicer_app.startup_completed()
+    sources = sampledata.SampleDataLogic.sampleDataSourcesByCategory("DiCyc")
+    assert [s.sampleName for s in sources] == ["DiCycAbdomen", "DiCycHead"]
+    assert sampledata.SampleDataLogic.categoryTitle("DiCyc") == "DiCyc"
+    abdomen, head = sources
+    paths = L.sample_paths(ABDOMEN_SAMPLE)
+    assert abdomen.uris == [p.resolve().as_uri() for p in paths.values()]
+    assert all(uri.startswith("file:///") for s in sources for uri in s.uris)  # local files: no network
+    assert abdomen.fileNames == [f"{n}.nii.gz" for n in ABDOMEN_FILES]
+    assert abdomen.nodeNames == ["Abdomen MR (T2*)", "Abdomen CT", "Abdomen CT in MR posture (ground truth)", None,
+                                 None]
+    assert abdomen.loadFileTypes == ["VolumeFile"] * 3 + [None, None]
+    assert head.nodeNames == ["Head MR (Colin27 T1)", "Head CT (InVesalius)"]
+    assert repr(abdomen.customDownloader) == "DiCycSampleLoader('DiCycAbdomen')"
+    assert abdomen.thumbnailFileName.endswith("DiCycSynthesis.png")
+    from pathlib import Path
+
+    assert Path(abdomen.thumbnailFileName).is_file()
+    # a second start-up (or a Reload re-running the module) does not register twins
+    slicer_app.startup_completed()
+    assert len(sampledata.SampleDataLogic.sampleDataSourcesByCategory("DiCyc")) == 2
+
+
+def test_clicking_the_abdominal_sample_loads_it_into_dicyc_synthesis(slicer_app, abdomen_cache):
+    scene = slicer_app.scene
+    slicer_app.load("DiCycSynthesis")
+    slicer_app.select("DiCycTraining")  # the user is elsewhere
+    slicer_app.startup_completed()
+    nodes = sampledata.click("DiCycAbdomen")
+    assert slicer_app.current == "DiCycSynthesis"  # the module the sample is for is opened
+    w = slicer_app.widgets["DiCycSynthesis"]
+    ui = w.ui
+    assert ui.inputVolumeSelector.currentNode() is nodes["mr"]
+    assert ui.referenceVolumeSelector.currentNode() is nodes["ct_truth"]
+    assert ui.segmentationSelector.currentNode() is nodes["segmentation"]
+    assert ui.compareSegmentationSelector.currentNode() is nodes["segmentation"]
+    assert ui.centerSegmentComboBox.currentText == "aorta" and ui.alsoSegmentComboBox.currentText == "spine"
+    assert ui.zoomSpinBox.value == 120
+    assert ui.synthesizeButton.enabled  # the bundled model is selected: Synthesize CT is one click away
+    red = L.slice_composite_nodes(scene)["Red"]
+    assert red.GetBackgroundVolumeID() == nodes["mr"].GetID()
+    assert any("DiCyc sample DiCycAbdomen loaded" in m for m in slicer_app.status_messages)
+    assert slicer_app.dialogs == [] and slicer_app.pip_installs == []
+
+
+def test_a_sample_not_yet_prepared_asks_only_for_what_preparing_needs(slicer_app, monkeypatch, tmp_path):
+    import DiCycDependencies
+
+    monkeypatch.setenv("DICYC_CACHE", str(tmp_path / "cache"))  # nothing prepared there
+    real = DiCycDependencies.installed
+    monkeypatch.setattr(DiCycDependencies, "installed", lambda name: name not in ("scipy", "nibabel") and real(name))
+    slicer_app.load("DiCycSynthesis")
+    slicer_app.startup_completed()
+    slicer_app.expect_dialog("question", answer=False, match=r"DiCyc samples needs.*scipy>=1\.7.*nibabel>=3\.2")
+    assert sampledata.click("DiCycHead") == {}
+    assert "torch" not in slicer_app.dialogs[-1].text
+    assert slicer_app.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0 and slicer_app.pip_installs == []
