@@ -6,14 +6,21 @@ Slicer. **Synthesize CT** runs ``PythonSlicer -m dicyc synthesize … --progress
 separate process that a ``QTimer`` polls, so Slicer never freezes; **Cancel** kills the whole
 process tree. The result overlays the input voxel for voxel and gets a CT window. **Compare**
 builds checkerboard and error-image volumes and sets up Slicer's slice compositing (layer reveal
-or side by side); **ROI metrics** scores segments (Segment Editor) or a Markups ROI box into a
-table node that can be exported as CSV.
+or side by side) and can centre the views on a segment (the aorta) with one view through a
+second segment (the spine); **ROI metrics** scores segments (Segment Editor) or a Markups ROI box
+into a table node that can be exported as CSV.
+
+The module also registers DiCyc's samples with Slicer's *Sample Data* module (category "DiCyc":
+``DiCycAbdomen``, the abdominal MR/CT phantom with its aorta and spine, and ``DiCycHead``): the
+files are the engine's own (``dicyc samples``), prepared from Debian and PyPI packages on first
+use and never downloaded from the web (:mod:`DiCycSynthesisLib.samples`).
 """
 
 import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import qt
@@ -32,6 +39,7 @@ from DiCycDependencies import MODEL_PATH_SETTING, pythonSlicerExecutable
 
 POLL_INTERVAL_MS = 200
 MODEL_FILE_ITEM = "Model file…"
+NO_SEGMENT_ITEM = "(none)"
 #: application setting: the user's models folder (default ~/.dicyc/models)
 MODELS_FOLDER_SETTING = "DiCyc/ModelsFolder"
 
@@ -61,12 +69,19 @@ run never overwrites it.</li>
 <li><b>Compare</b>: a checkerboard of synthetic and reference (broken edges at tile borders mean
 misalignment — check the aorta and the spine), an error image |synthetic − reference| with a colour
 table over the reference, and an overlay with layer reveal (opacity) or side-by-side views.
+<b>Centre on</b> a segment (e.g. the aorta) puts every view through its centre, and <b>Second view</b>
+(e.g. the spine) puts one view — Yellow, or Green in side-by-side — through another segment's centre, so
+both alignments are judged at once; <b>Field of view</b> zooms to that many millimetres.
 <b>Restore views</b> (also on leaving the module or collapsing Compare) gives back the layout, slice
 orientations and linking you had before.</li>
 <li><b>ROI metrics</b>: MSE, PSNR, SSIM and MAE per segment of a segmentation (draw e.g. the aorta in
 Segment Editor) or inside a Markups ROI box, in a table you can export as CSV. The numbers are
 those of <code>dicyc evaluate --mask</code>.</li>
 </ul>
+<p>Try it on <b>Sample Data → DiCyc → DiCycAbdomen</b>: an abdominal MR, its CT, the CT in the MR's posture
+(ground truth) and the aorta and spine segments, all selected here — click <b>Synthesize CT</b>,
+<b>Checkerboard</b> and <b>Compute metrics</b>. The files are prepared by <code>dicyc samples</code> from
+Debian/PyPI packages the first time (nothing is downloaded from the web).</p>
 """
         self.parent.acknowledgementText = """
 DiCyc follows Wang C., Yang G., Papanastasiou G., Tsaftaris S.A., Newby D.E., Gray C., Macnaught G.,
@@ -74,6 +89,8 @@ MacGillivray T.J., "DiCyc: GAN-based deformation invariant cross-domain informat
 medical image synthesis", Information Fusion 67 (2021) 147–160, building on CycleGAN (Zhu et al. 2017).
 PyTorch is provided by the PyTorch extension (SlicerPyTorch).
 """
+        # Sample Data exists once the application has started (as in Slicer's module templates)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def _lib():
@@ -81,6 +98,72 @@ def _lib():
     import DiCycSynthesisLib
 
     return DiCycSynthesisLib
+
+
+#
+# DiCyc's samples in Slicer's Sample Data module
+#
+def registerSampleData():
+    """Register DiCyc's samples (DiCycAbdomen, DiCycHead) with Slicer's Sample Data module.
+
+    Each source names the engine's prepared files by ``file://`` URI (nothing is downloaded) and
+    has a :class:`DiCycSampleLoader` as its ``customDownloader``: clicking the sample prepares
+    missing files with the engine and loads the set, segments included.
+    """
+    try:
+        import SampleData
+    except ImportError:  # Slicer runs without its Sample Data module
+        logging.info("DiCyc: the Sample Data module is not loaded; DiCyc's samples are not registered.")
+        return
+    lib = _lib()
+    from DiCycSynthesisLib import samples
+
+    logic = SampleData.SampleDataLogic
+    if hasattr(logic, "registerCustomSampleDataCategory"):  # Slicer 5.9 and later
+        logic.registerCustomSampleDataCategory(samples.CATEGORY, samples.CATEGORY_TITLE)
+    thumbnail = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons", "DiCycSynthesis.png")
+    for name in lib.SAMPLE_SETS:
+        logic.registerCustomSampleDataSource(customDownloader=DiCycSampleLoader(name),
+                                             **lib.registration_arguments(name, thumbnail=thumbnail))
+
+
+class DiCycSampleLoader:
+    """The ``customDownloader`` of a DiCyc sample: Sample Data calls it with the source when the
+    sample's button is clicked; it runs :func:`loadSampleData`."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        # Sample Data compares sources by their text: a stable one keeps a Reload from adding a twin
+        return f"DiCycSampleLoader({self.name!r})"
+
+    def __call__(self, source=None):
+        # the module as it is now (after a Reload, its new code)
+        return getattr(sys.modules.get(__name__), "loadSampleData", loadSampleData)(self.name)
+
+
+def loadSampleData(name, selectModule=True):
+    """What clicking a DiCyc sample in Sample Data does: prepare its files with the engine on first use
+    (asking once for the packages that needs), load the set, select it in DiCyc Synthesis, show the
+    first volume and open the module. Returns {role: node} ({} when the user declines the packages); an
+    error is shown in one sentence and raised again, as ``slicer.util.tryWithErrorDisplay`` does."""
+    lib = _lib()
+    if lib.missing_files(name) and not DiCycDependencies.ensureDependencies("samples"):
+        return {}
+    nodes = {}
+    with slicer.util.tryWithErrorDisplay(f"Could not load the DiCyc sample {name}.", waitCursor=True):
+        if lib.missing_files(name):
+            slicer.util.showStatusMessage(f"Preparing the DiCyc sample {name} (first use only)…")
+            slicer.app.processEvents()
+        nodes = DiCycSynthesisLogic().loadSample(name)
+        first = nodes[lib.sample_set(name).volumes[0].role]
+        slicer.util.setSliceViewerLayers(background=first, foreground=None, fit=True)
+        if selectModule:
+            slicer.util.selectModule("DiCycSynthesis")
+        slicer.util.showStatusMessage(f"DiCyc sample {name} loaded: {', '.join(n.GetName() for n in nodes.values())}.",
+                                      5000)
+    return nodes
 
 
 #
@@ -95,7 +178,10 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         "ReferenceVolume": "referenceVolumeSelector",
         "Segmentation": "segmentationSelector",
         "ROI": "roiSelector",
+        "CompareSegmentation": "compareSegmentationSelector",
     }
+    #: parameter name → combo box of the segment it names (a segment ID of the Compare segmentation)
+    SEGMENT_PARAMETERS = {"CenterSegment": "centerSegmentComboBox", "AlsoSegment": "alsoSegmentComboBox"}
     #: packages that Reload reads from disk again (with DiCycDependencies.SHARED_PACKAGES)
     LIB_PACKAGES = ("DiCycSynthesisLib",)
 
@@ -110,6 +196,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._modelUsable = False
         self._savedViews = None  # the views as they were before Compare changed them
         self._outputNodeID = None  # the output chosen when the running synthesis started
+        self._observedSegmentation = None  # the vtkSegmentation whose segments the Compare combos list
 
     # ----------------------------------------------------------------- set-up
     def setup(self):
@@ -140,6 +227,11 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.batchSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.tilesSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.zoomSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
+        for combo in self.SEGMENT_PARAMETERS.values():
+            getattr(self.ui, combo).connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.compareSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",
+                                                    self.onCompareSegmentationChanged)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.revealRadioButton.connect("toggled(bool)", self.onViewModeChanged)
 
@@ -149,6 +241,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.errorImageButton.connect("clicked(bool)", self.onErrorImage)
         self.ui.overlayButton.connect("clicked(bool)", self.onOverlay)
         self.ui.restoreViewsButton.connect("clicked(bool)", self.restoreViews)
+        self.ui.centerViewsButton.connect("clicked(bool)", self.onCenterViews)
         self.ui.compareCollapsibleButton.connect("contentsCollapsed(bool)", self.onCompareCollapsed)
         self.ui.computeMetricsButton.connect("clicked(bool)", self.onComputeMetrics)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
@@ -164,6 +257,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is not None:
             self.logic.synthesis.cancel()
         self.removeObservers()
+        self._observedSegmentation = None
 
     def onReload(self):
         """Developer Reload: read the Lib packages from disk again too, not only this file."""
@@ -173,6 +267,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self):
         self.initializeParameterNode()
         self.takeModelFromTraining()
+        self.onSegmentsChanged()
 
     def exit(self):
         self.restoreViews()
@@ -189,6 +284,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.synthesis.cancel()
             self.setRunning(False, "Cancelled: the scene was closed.")
         self.setParameterNode(None)
+        self._observeSegmentation(None)
         self._metricsTableNode = None
         self._savedViews = None  # the views are reset with the scene
 
@@ -231,6 +327,8 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._selectText(self.ui.precisionComboBox, p.GetParameter("Precision") or "auto")
             self.ui.batchSpinBox.value = int(p.GetParameter("Batch") or 8)
             self.ui.tilesSpinBox.value = int(p.GetParameter("Tiles") or 8)
+            self.ui.zoomSpinBox.value = int(float(p.GetParameter("ZoomMm") or 0))
+            self.fillSegmentComboBoxes()
             model = p.GetParameter("ModelPath")
             if model and model != self.currentModelPath():
                 self.selectModelPath(model)
@@ -250,6 +348,9 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.SetParameter("Precision", self.ui.precisionComboBox.currentText)
         p.SetParameter("Batch", str(self.ui.batchSpinBox.value))
         p.SetParameter("Tiles", str(self.ui.tilesSpinBox.value))
+        p.SetParameter("ZoomMm", str(self.ui.zoomSpinBox.value))
+        for name, combo in self.SEGMENT_PARAMETERS.items():
+            p.SetParameter(name, self._segmentChoice(getattr(self.ui, combo)))
         p.SetParameter("ModelPath", self.currentModelPath() or "")
         p.EndModify(was)
         self.updateButtons()
@@ -375,6 +476,11 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.computeMetricsButton):
             button.enabled = haveBoth
         self.ui.restoreViewsButton.enabled = self._savedViews is not None
+        haveVolume = (self.ui.syntheticVolumeSelector.currentNode() is not None
+                      or self.ui.referenceVolumeSelector.currentNode() is not None)
+        self.ui.centerViewsButton.enabled = (haveVolume
+                                             and self.ui.compareSegmentationSelector.currentNode() is not None
+                                             and bool(self._segmentChoice(self.ui.centerSegmentComboBox)))
         self.ui.exportCsvButton.enabled = self._metricsTableNode is not None
 
     def setRunning(self, running, message=""):
@@ -479,6 +585,81 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if collapsed:
             self.restoreViews()
 
+    # segments to centre the views on
+    @staticmethod
+    def _segmentChoice(combo):
+        """The segment ID a combo box has selected ("" for none)."""
+        return str(combo.itemData(combo.currentIndex) or "") if combo.currentIndex >= 0 else ""
+
+    def _observeSegmentation(self, node):
+        """Follow the segments of the Compare segmentation (added, removed, renamed in Segment Editor)."""
+        segmentation = node.GetSegmentation() if node is not None else None
+        if segmentation is self._observedSegmentation:
+            return
+        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+        if self._observedSegmentation is not None:
+            for event in events:
+                self.removeObserver(self._observedSegmentation, event, self.onSegmentsChanged)
+        self._observedSegmentation = segmentation
+        if segmentation is not None:
+            for event in events:
+                self.addObserver(segmentation, event, self.onSegmentsChanged)
+
+    def fillSegmentComboBoxes(self):
+        """List the Compare segmentation's segments in "Centre on" and "Second view", selecting the
+        segments the parameter node names ("(none)" where it names none or one that is gone)."""
+        node = self.ui.compareSegmentationSelector.currentNode()
+        self._observeSegmentation(node)
+        segments = _lib().segment_ids(node)
+        for name, comboName in self.SEGMENT_PARAMETERS.items():
+            combo = getattr(self.ui, comboName)
+            wanted = (self._parameterNode.GetParameter(name) if self._parameterNode is not None
+                      else self._segmentChoice(combo))
+            wasBlocked = combo.blockSignals(True)
+            try:
+                combo.clear()
+                combo.addItem(NO_SEGMENT_ITEM, "")
+                for segmentId, segmentName in segments:
+                    combo.addItem(segmentName, segmentId)
+                combo.currentIndex = max(combo.findData(wanted), 0) if wanted else 0
+            finally:
+                combo.blockSignals(wasBlocked)
+            combo.enabled = node is not None
+
+    def onCompareSegmentationChanged(self, *args):
+        self.fillSegmentComboBoxes()
+        self.updateParameterNodeFromGUI()
+
+    def onSegmentsChanged(self, caller=None, event=None):
+        self.fillSegmentComboBoxes()
+        self.updateParameterNodeFromGUI()
+
+    def _centreOnSegments(self):
+        """Centre the views on the "Centre on" segment, one view on the "Second view" segment, at the
+        chosen field of view; nothing (None) when no segment is chosen."""
+        segmentation = self.ui.compareSegmentationSelector.currentNode()
+        centerId = self._segmentChoice(self.ui.centerSegmentComboBox)
+        if segmentation is None or not centerId:
+            return None
+        synthetic, reference = self._pair()
+        volume = synthetic if synthetic is not None else reference  # the grid the comparison volumes share
+        views = _lib().centre_views(slicer.mrmlScene, volume, segmentation, centerId,
+                                    self._segmentChoice(self.ui.alsoSegmentComboBox) or None,
+                                    zoom_mm=self.ui.zoomSpinBox.value or None)
+        names = dict(_lib().segment_ids(segmentation))
+        byRole = {}
+        for view, info in views.items():
+            byRole.setdefault(info["role"], (names.get(info["segment"], info["segment"]), []))[1].append(view)
+        text = "; ".join(f"{', '.join(viewNames)} through the centre of {segment}"
+                         for segment, viewNames in byRole.values())
+        slicer.util.showStatusMessage(f"Views centred: {text}.", 5000)
+        return views
+
+    def onCenterViews(self):
+        with slicer.util.tryWithErrorDisplay("Could not centre the views.", waitCursor=True):
+            self._centreOnSegments()
+
     def onCheckerboard(self):
         synthetic, reference = self._pair()
         if not DiCycDependencies.ensureDependencies("comparison"):
@@ -488,6 +669,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._keepViews()
             _lib().setup_overlay(slicer.mrmlScene, board, None, opacity=0.0, layout="reveal")
             slicer.util.resetSliceViews()
+            self._centreOnSegments()
 
     def onErrorImage(self):
         synthetic, reference = self._pair()
@@ -499,6 +681,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _lib().setup_overlay(slicer.mrmlScene, reference, error, opacity=self.ui.opacitySliderWidget.value,
                                  layout="reveal")
             slicer.util.resetSliceViews()
+            self._centreOnSegments()
 
     def onOverlay(self):
         synthetic, reference = self._pair()
@@ -507,6 +690,7 @@ class DiCycSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _lib().setup_overlay(slicer.mrmlScene, synthetic, reference, opacity=self.ui.opacitySliderWidget.value,
                                  layout=self._layoutMode())
             slicer.util.resetSliceViews()
+            self._centreOnSegments()
 
     def onOpacityChanged(self, value):
         for node in _lib().slice_composite_nodes(slicer.mrmlScene).values():
@@ -560,7 +744,8 @@ class DiCycSynthesisLogic(ScriptedLoadableModuleLogic):
         self.synthesis = _lib().SynthesisLogic(python=pythonSlicerExecutable())
 
     def setDefaultParameters(self, parameterNode):
-        defaults = {"Direction": "a2b", "Device": "auto", "Precision": "auto", "Batch": "8", "Tiles": "8"}
+        defaults = {"Direction": "a2b", "Device": "auto", "Precision": "auto", "Batch": "8", "Tiles": "8",
+                    "ZoomMm": "0"}
         for name, value in defaults.items():
             if not parameterNode.GetParameter(name):
                 parameterNode.SetParameter(name, value)
@@ -581,6 +766,18 @@ class DiCycSynthesisLogic(ScriptedLoadableModuleLogic):
         rows = _lib().roi_metrics(slicer.mrmlScene, syntheticNode, referenceNode, segmentationNode, roiNode)
         return _lib().metrics_table_node(slicer.mrmlScene, rows, table_node=tableNode)
 
+    def centreViews(self, volumeNode, segmentationNode, centerSegmentId, alsoSegmentId=None, zoomMm=None):
+        """Slice views through a segment's centre, one view through a second segment's; {view: info}."""
+        return _lib().centre_views(slicer.mrmlScene, volumeNode, segmentationNode, centerSegmentId, alsoSegmentId,
+                                   zoom_mm=zoomMm)
+
+    def loadSample(self, name, folder=None):
+        """Load DiCyc sample ``name`` (``DiCycAbdomen``, ``DiCycHead``) into the scene — its files prepared
+        by the engine on first use — and select it in this module's parameter node; {role: node}."""
+        nodes = _lib().load_sample_set(slicer.mrmlScene, name, folder=folder, log=logging.info)
+        _lib().apply_sample_parameters(self.getParameterNode(), name, nodes)
+        return nodes
+
 
 #
 # DiCycSynthesisTest — in-Slicer self-test for users (Reload and Test)
@@ -594,6 +791,8 @@ class DiCycSynthesisTest(ScriptedLoadableModuleTest):
         self.test_CompareAndMetrics()
         self.setUp()
         self.test_Synthesis()
+        self.setUp()
+        self.test_AbdominalSampleLoop()
 
     def _phantom(self, name, scale=1.0, offset=0.0, seed=0):
         import numpy as np
@@ -694,3 +893,75 @@ class DiCycSynthesisTest(ScriptedLoadableModuleTest):
                                     atol=1e-3))
         shutil.rmtree(folder, ignore_errors=True)
         self.delayDisplay("Synthesis passed")
+
+    def test_AbdominalSampleLoop(self):
+        """What a user does with Sample Data → DiCyc → DiCycAbdomen: load the sample, Synthesize CT,
+        a checkerboard with the views centred on the aorta and one view on the spine, and the
+        metrics inside the aorta segment against the ground-truth CT."""
+        import numpy as np
+
+        import SampleData
+        from dicyc.metrics import compute_metrics
+        from dicyc.volume import read_volume
+
+        lib = _lib()
+        name = "DiCycAbdomen"
+        self.delayDisplay("DiCyc's samples are registered with Sample Data, from local files")
+        registerSampleData()
+        sources = {s.sampleName: s for s in SampleData.SampleDataLogic.sampleDataSourcesByCategory("DiCyc")}
+        self.assertEqual(set(sources), {"DiCycAbdomen", "DiCycHead"})
+        source = sources[name]
+        self.assertTrue(all(uri.startswith("file:") for uri in source.uris))
+        if lib.missing_files(name) and DiCycDependencies.missingPackages("samples"):
+            self.delayDisplay(f"Preparing {name} needs {', '.join(DiCycDependencies.missingPackages('samples'))}, "
+                              "which is not installed: sample loop skipped")
+            return
+
+        self.delayDisplay("Loading the abdominal sample, as its Sample Data button does")
+        nodes = source.customDownloader(source)
+        mr, truth, segmentation = nodes["mr"], nodes["ct_truth"], nodes["segmentation"]
+        self.assertEqual(set(nodes), {"mr", "ct", "ct_truth", "segmentation"})
+        self.assertEqual(lib.segment_ids(segmentation), [("aorta", "aorta"), ("spine", "spine")])
+        parameters = DiCycSynthesisLogic().getParameterNode()
+        self.assertEqual(parameters.GetNodeReferenceID("InputVolume"), mr.GetID())
+        self.assertEqual(parameters.GetNodeReferenceID("ReferenceVolume"), truth.GetID())
+        self.assertEqual(parameters.GetParameter("CenterSegment"), "aorta")
+        paths = lib.sample_paths(name)
+        aorta = read_volume(paths["abdomen-aorta-mr"], check_finite=False)
+        spine = read_volume(paths["abdomen-spine-mr"], check_finite=False)
+
+        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("safetensors") is None:
+            self.delayDisplay("PyTorch or safetensors is not installed: the sample loop stops after loading")
+            return
+        models = lib.bundled_models()
+        self.assertTrue(models, "the extension bundles no model")
+        model = ([m for m in models if "abdomen" in m.name] or models)[0]
+        self.delayDisplay(f"Synthesize CT from the abdominal MR with {model.name}")
+        synthetic = DiCycSynthesisLogic().synthesize(mr, str(model), device="cpu", precision="fp32")
+        self.assertTrue(np.array_equal(lib.ijk_to_ras_of(synthetic), lib.ijk_to_ras_of(mr)))
+
+        self.delayDisplay("Checkerboard of the synthetic CT over the MR, centred on the aorta, the spine in Yellow")
+        board = lib.make_checkerboard_node(slicer.mrmlScene, synthetic, mr, 8)
+        lib.setup_overlay(slicer.mrmlScene, board, None, opacity=0.0, layout="reveal")
+        slicer.util.resetSliceViews()
+        views = DiCycSynthesisLogic().centreViews(synthetic, segmentation, "aorta", "spine", zoomMm=120)
+        sliceNodes = {n.GetLayoutName(): n for n in slicer.util.getNodesByClass("vtkMRMLSliceNode")}
+        for mask, role in ((aorta, "center"), (spine, "also")):
+            k, j, i = (int(np.floor(c.mean() + 0.5)) for c in np.nonzero(mask.array))
+            expected = (mask.ijk_to_ras() @ [i, j, k, 1.0])[:3]
+            shown = [view for view, info in views.items() if info["role"] == role]
+            self.assertTrue(shown, f"no view goes through the {role} structure")
+            for view in shown:
+                matrix = sliceNodes[view].GetSliceToRAS()
+                self.assertTrue(np.allclose([matrix.GetElement(r, 3) for r in range(3)], expected, atol=1e-3), view)
+
+        self.delayDisplay("Metrics inside the aorta segment against the ground-truth CT")
+        table = DiCycSynthesisLogic().roiMetrics(synthetic, truth, segmentationNode=segmentation)
+        self.assertEqual([table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())], ["aorta", "spine"])
+        rows = lib.roi_metrics(slicer.mrmlScene, synthetic, truth, segmentation_node=segmentation)
+        direct = compute_metrics(lib.volume_from_node(synthetic).array, lib.volume_from_node(truth).array,
+                                 mask=aorta.array != 0)
+        self.assertTrue(np.isclose(rows[0]["mse"], direct["mse"], rtol=1e-9, atol=0))
+        self.assertTrue(np.isclose(rows[0]["ssim"], direct["ssim"], rtol=1e-9, atol=1e-12))
+        self.delayDisplay(f"Abdominal sample loop passed: aorta SSIM {rows[0]['ssim']:.3f}, "
+                          f"PSNR {rows[0]['psnr']:.1f} dB")

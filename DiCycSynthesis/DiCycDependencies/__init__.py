@@ -3,8 +3,8 @@
 Asked for on first use, never at import time, never in testing mode, and only for what the work
 at hand really imports (:data:`NEEDS`): making a checkerboard needs nothing beyond what ships
 with Slicer (numpy, SimpleITK, VTK), ROI metrics need scipy, synthesis torch, safetensors and
-scipy. Whatever is missing is listed in **one** confirmation; then torch comes through the
-PyTorch extension (``PyTorchUtils``, which picks a CUDA or CPU build that suits this computer,
+scipy, and preparing DiCyc's sample data the first time scipy and nibabel. Whatever is missing
+is listed in **one** confirmation; then torch comes through the PyTorch extension (``PyTorchUtils``, which picks a CUDA or CPU build that suits this computer,
 here with :data:`TORCH_REQUIREMENT`) and the rest through ``slicer.util.pip_install``. A package
 folder rather than a ``.py`` file, so Slicer does not take it for a module.
 """
@@ -41,12 +41,16 @@ REQUIREMENTS = {
 #:   engine reads and writes NRRD there, so nibabel (NIfTI only) is not needed;
 #: - comparison: checkerboard and error image: numpy and SimpleITK only;
 #: - metrics: SSIM's Gaussian window and the high-gradient mask (scipy);
-#: - training: the user's files may be NIfTI (nibabel), previews and the loss curve (matplotlib).
+#: - training: the user's files may be NIfTI (nibabel), previews and the loss curve (matplotlib);
+#: - samples: the engine's first preparation of DiCyc's sample data (``dicyc samples``) reads
+#:   NIfTI sources (nibabel) and simulates the abdominal phantom (scipy); loading files that are
+#:   already prepared needs neither, so it is asked only when a file is missing.
 NEEDS = {
     "synthesis": ("torch", "safetensors", "scipy"),
     "comparison": (),
     "metrics": ("scipy",),
     "training": ("torch", "safetensors", "scipy", "nibabel", "matplotlib"),
+    "samples": ("scipy", "nibabel"),
 }
 
 

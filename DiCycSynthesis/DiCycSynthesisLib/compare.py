@@ -4,13 +4,22 @@
 :func:`setup_overlay` puts two volumes into the slice views (layer reveal or side by side).
 :func:`save_view_state` / :func:`restore_view_state` record and restore what a comparison changes
 — layout, slice orientations, linked control — so that Compare never keeps the user's layout.
+:func:`centre_views` puts the views through a segment's centre (the aorta) and one view through a
+second segment's (the spine), so both alignments are judged without hunting for slices.
 """
 
 import numpy as np
 
 import slicer
 
-from DiCycCommonLib.nodes import add_volume_node, copy_geometry, ensure_display_node, volume_from_node
+from DiCycCommonLib.nodes import (
+    add_volume_node,
+    copy_geometry,
+    ensure_display_node,
+    ijk_to_ras_of,
+    node_to_world,
+    volume_from_node,
+)
 from dicyc.errors import DicycError
 
 from .display import error_color_node, set_window_level
@@ -237,3 +246,119 @@ def restore_view_state(scene, state):
             and layout_node.GetViewArrangement() != state["layout"]:
         layout_node.SetViewArrangement(state["layout"])
     return changed
+
+
+# ===================================================================== centring on segments
+def segment_ids(segmentation_node):
+    """[(segment ID, segment name)] of a segmentation node, in its order ([] for None)."""
+    if segmentation_node is None:
+        return []
+    segmentation = segmentation_node.GetSegmentation()
+    found = []
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(i)
+        found.append((segment_id, segmentation.GetSegment(segment_id).GetName()))
+    return found
+
+
+def segment_centroid(scene, segmentation_node, segment_id, volume_node):
+    """World (RAS) position of a segment's centre, at the centre of a voxel of ``volume_node``.
+
+    The segment is exported onto the volume's grid (as ROI metrics do); its centroid is rounded
+    to the nearest voxel, exactly as ``dicyc compare --center-on`` picks its point, so a slice
+    through it cuts the volume at a voxel centre rather than between two slices. Returns
+    ``(ras, ijk)``; one sentence where the segment has no voxel inside the volume.
+    """
+    from .roi import segment_masks
+
+    if segmentation_node is None or volume_node is None:
+        raise DicycError("select a segmentation and a volume to centre the views on.")
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segment_id) if segment_id else None
+    if segment is None:
+        raise DicycError(f"{segmentation_node.GetName()} has no segment {segment_id!r}; choose one of its segments.")
+    (_, name, mask), = segment_masks(scene, segmentation_node, volume_node, [segment_id])
+    if not mask.any():
+        raise DicycError(f"segment {name} has no voxels inside {volume_node.GetName()}.")
+    k, j, i = (int(np.floor(float(c.mean()) + 0.5)) for c in np.nonzero(mask))
+    ijk_to_world = node_to_world(volume_node) @ ijk_to_ras_of(volume_node)
+    return tuple(float(v) for v in (ijk_to_world @ np.array([i, j, k, 1.0]))[:3]), (i, j, k)
+
+
+def _orientation_key(slice_node):
+    """The slice plane's normal as a rounded, sign-free tuple (views showing the same plane match)."""
+    matrix = slice_node.GetSliceToRAS()
+    normal = np.array([matrix.GetElement(r, 2) for r in range(3)])
+    normal = normal / (np.linalg.norm(normal) or 1.0)
+    if normal[np.argmax(np.abs(normal))] < 0:
+        normal = -normal
+    return tuple(np.round(normal, 6))
+
+
+def centring_roles(scene, with_second=True):
+    """{view name: "center" | "also"}: which slice view goes through which structure.
+
+    Every view goes through the centre structure; with a second structure, one view goes through
+    it instead: the Yellow view (sagittal in the conventional layouts) — unless Yellow shows the
+    same plane as Red, as in the side-by-side comparison, where both halves must show the same
+    place: then the Green view does.
+    """
+    views = _slice_nodes(scene)
+    roles = {name: "center" for name in views}
+    if not with_second:
+        return roles
+    red, yellow = views.get("Red"), views.get("Yellow")
+    also = "Yellow"
+    if yellow is None or (red is not None and _orientation_key(red) == _orientation_key(yellow)):
+        also = "Green"
+    if also in roles:
+        roles[also] = "also"
+    return roles
+
+
+def _zoom(slice_node, zoom_mm):
+    """Show ``zoom_mm`` millimetres across the view's shorter side (square pixels kept)."""
+    width, height = slice_node.GetDimensions()[:2]
+    width, height = max(int(width), 1), max(int(height), 1)
+    fov = slice_node.GetFieldOfView()
+    zoom_mm = float(zoom_mm)
+    if width >= height:
+        slice_node.SetFieldOfView(zoom_mm * width / height, zoom_mm, fov[2])
+    else:
+        slice_node.SetFieldOfView(zoom_mm, zoom_mm * height / width, fov[2])
+
+
+def centre_views(scene, volume_node, segmentation_node, center_segment_id, also_segment_id=None, zoom_mm=None):
+    """Put the slice views through the centre of a segment, and one of them through a second segment.
+
+    ``center_segment_id`` (e.g. the aorta): every view is centred on its centroid (see
+    :func:`segment_centroid`: on ``volume_node``'s voxel grid, the grid the comparison volumes
+    share), so the slice offsets land on it and the point sits in the middle of each view.
+    ``also_segment_id`` (e.g. the spine): the view chosen by :func:`centring_roles` goes through
+    its centroid instead, so both alignments are on screen at once. ``zoom_mm`` > 0 shows that
+    many millimetres across each view's shorter side; None or 0 keeps the zoom.
+
+    Returns {view name: {"role", "segment", "ras"}}.
+    """
+    if zoom_mm is not None and float(zoom_mm) != 0 and not (np.isfinite(float(zoom_mm)) and float(zoom_mm) > 0):
+        raise DicycError(f"the field of view must be a positive number of millimetres; got {zoom_mm!r}.")
+    if also_segment_id and also_segment_id == center_segment_id:
+        also_segment_id = None
+    points = {"center": (center_segment_id, segment_centroid(scene, segmentation_node, center_segment_id,
+                                                             volume_node)[0])}
+    if also_segment_id:
+        points["also"] = (also_segment_id, segment_centroid(scene, segmentation_node, also_segment_id, volume_node)[0])
+    views = _slice_nodes(scene)
+    if not views:
+        raise DicycError("the scene has no slice views to centre.")
+    result = {}
+    for name, role in centring_roles(scene, with_second="also" in points).items():
+        node = views[name]
+        segment_id, ras = points[role]
+        was = node.StartModify()
+        node.JumpSliceByCentering(*ras)
+        if zoom_mm:
+            _zoom(node, zoom_mm)
+        node.EndModify(was)
+        result[name] = {"role": role, "segment": segment_id, "ras": ras}
+    return result

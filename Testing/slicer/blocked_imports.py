@@ -3,8 +3,10 @@ test_dependencies.py, in a subprocess).
 
 ``python blocked_imports.py BLOCKED PATHS [ARGS]``: BLOCKED is a comma-separated list of
 top-level package names made unimportable; PATHS a comma-separated list of ``comparison``,
-``metrics`` and ``synthesis`` (ARGS: the model file), run in that order. ``python blocked_imports.py BLOCKED -m MODULE ARGS…`` runs a module as
-``python -m`` would — the form ``dicyc_command`` builds, so it can stand in for ``PythonSlicer``
+``metrics`` and ``synthesis`` (ARGS: the model file), run in that order, or one of
+``samples-prepare`` and ``samples-load`` (ARGS: the samples folder): the engine prepares the
+abdominal sample into that folder, or the files already there are loaded into a scene.
+``python blocked_imports.py BLOCKED -m MODULE ARGS…`` runs a module as ``python -m`` would — the form ``dicyc_command`` builds, so it can stand in for ``PythonSlicer``
 as the interpreter of a background synthesis. Prints ``OK <path>`` and the optional packages
 that ended up imported.
 """
@@ -62,6 +64,13 @@ def run(path, scene, L, na, nb):
         rows = L.roi_metrics(scene, na, nb)
         L.metrics_table_node(scene, rows)
         assert "error" not in rows[0], rows
+    elif path in ("samples-prepare", "samples-load"):
+        folder = sys.argv[3]
+        if path == "samples-prepare":
+            L.prepare_sample_set("DiCycAbdomen", folder)
+        else:
+            nodes = L.load_sample_set(scene, "DiCycAbdomen", folder, prepare=False)
+            assert [s for s, _ in L.segment_ids(nodes["segmentation"])] == ["aorta", "spine"]
     elif path == "synthesis":
         model = sys.argv[3]
         L.synthesize_in_process(scene, na, model, device="cpu", precision="fp32")

@@ -194,3 +194,61 @@ def slicer_app(scene, monkeypatch, tmp_path):
     harness = SlicerHarness(scene, monkeypatch, settings={"DiCyc/ModelsFolder": str(tmp_path / "my-models")})
     yield harness
     harness.finish()
+
+
+# ----------------------------------------------------------------- DiCyc's sample data
+ABDOMEN_SAMPLE = "DiCycAbdomen"
+
+
+@pytest.fixture(scope="session")
+def abdomen_samples(tmp_path_factory):
+    """The DiCycAbdomen files, prepared once by the engine (``dicyc samples``) into a folder of this
+    session, in a Python where the optional packages that DiCycDependencies.NEEDS["samples"] does
+    not list cannot be imported. Returns ``(folder, the optional packages it imported)``.
+
+    The engine's packages (pydicom-data for the real abdominal CT slice) come from the dicyc cache
+    as a user's would; where they are not there and cannot be fetched the tests that need the
+    sample are skipped, with the engine's sentence.
+    """
+    import os
+    import subprocess
+
+    import DiCycDependencies
+
+    folder = tmp_path_factory.mktemp("samples")
+    optional = ("scipy", "nibabel", "matplotlib", "torch", "safetensors")
+    blocked = [name for name in optional if name not in DiCycDependencies.NEEDS["samples"]]
+    result = subprocess.run([sys.executable, str(HERE / "blocked_imports.py"), ",".join(blocked), "samples-prepare",
+                             str(folder)], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if result.returncode != 0:
+        if "DicycError" in result.stderr:
+            pytest.skip("the abdominal sample cannot be prepared here: " + result.stderr.strip().splitlines()[-1])
+        raise AssertionError("preparing the abdominal sample failed:\n" + result.stderr[-3000:])
+    words = result.stdout.split()
+    assert words[:2] == ["OK", "samples-prepare"], result.stdout
+    return folder, set(words[2].split(",")) if len(words) > 2 else set()
+
+
+@pytest.fixture
+def seed_abdomen_samples(abdomen_samples):
+    """``seed(cache)``: put the prepared DiCycAbdomen files into ``<cache>/samples``, where the engine
+    looks for prepared samples when ``DICYC_CACHE`` is ``cache``; returns that folder."""
+    import shutil
+
+    def seed(cache):
+        target = Path(cache) / "samples"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in Path(abdomen_samples[0]).glob("*.nii.gz"):
+            shutil.copy2(path, target / path.name)
+        return target
+
+    return seed
+
+
+@pytest.fixture
+def abdomen_cache(seed_abdomen_samples, tmp_path, monkeypatch):
+    """``DICYC_CACHE`` set to a fresh folder whose ``samples`` hold the prepared DiCycAbdomen files."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DICYC_CACHE", str(cache))
+    return seed_abdomen_samples(cache)

@@ -29,7 +29,8 @@ def test_the_dependency_lists_name_no_needless_package():
     assert set(needs["synthesis"]) == {"torch", "safetensors", "scipy"}
     for purpose in ("comparison", "metrics", "synthesis"):
         assert "nibabel" not in needs[purpose] and "matplotlib" not in needs[purpose]
-    assert set(needs) == {"synthesis", "comparison", "metrics", "training"}
+    assert set(needs["samples"]) == {"scipy", "nibabel"}
+    assert set(needs) == {"synthesis", "comparison", "metrics", "training", "samples"}
     assert all(name == "torch" or name in DiCycDependencies.REQUIREMENTS for n in needs.values() for name in n)
 
 
@@ -49,3 +50,14 @@ def test_synthesis_in_slicer_and_in_the_background_needs_no_nibabel_or_matplotli
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[:2] == ["OK", "synthesis"]
     assert set(result.stdout.split()[2].split(",")) == {"torch", "safetensors", "scipy"}
+
+
+def test_preparing_the_samples_needs_only_scipy_and_nibabel_and_loading_them_nothing(abdomen_samples):
+    """The engine prepared the abdominal sample (the abdomen_samples fixture) in a Python where only the
+    packages NEEDS["samples"] lists could be imported, and it used both; loading prepared files
+    needs none of the optional packages — so the module asks for them only when a file is missing."""
+    folder, imported = abdomen_samples
+    assert imported == {"scipy", "nibabel"}
+    loaded = _run(OPTIONAL, "samples-load", folder)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.split() == ["OK", "samples-load"]

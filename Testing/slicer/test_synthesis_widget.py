@@ -307,3 +307,109 @@ def test_mps_is_offered_where_torch_has_it(slicer_app, monkeypatch):
     assert [w.ui.deviceComboBox.itemText(i) for i in range(w.ui.deviceComboBox.count)] == ["auto", "cpu", "cuda", "mps"]
     w.ui.deviceComboBox.choose("mps")
     assert w._parameterNode.GetParameter("Device") == "mps"
+
+
+def _box_segmentation(scene, reference, boxes):
+    """A segmentation of named box segments {name: (k0, k1, j0, j1, i0, i1)} drawn on the reference's grid,
+    imported as Segment Editor's users do (generated segment IDs); returns (node, {name: mask})."""
+    ref = L.volume_from_node(reference)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    masks = {}
+    for name, (k0, k1, j0, j1, i0, i1) in boxes.items():
+        labels = np.zeros(ref.shape, np.uint8)
+        labels[k0:k1, j0:j1, i0:i1] = 1
+        labelmap = L.add_volume_node(scene, ref.with_array(labels), name, node_class="vtkMRMLLabelMapVolumeNode")
+        assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+        segmentation.GetSegmentation().GetNthSegment(len(masks)).SetName(name)
+        scene.RemoveNode(labelmap)
+        masks[name] = labels != 0
+    return segmentation, masks
+
+
+def _centre_of(volume, mask):
+    k, j, i = (int(np.floor(c.mean() + 0.5)) for c in np.nonzero(mask))
+    return (volume.ijk_to_ras() @ [i, j, k, 1.0])[:3]
+
+
+def _translations(slicer_app):
+    out = {}
+    for name, logic in slicer_app.slice_logics.items():
+        matrix = logic.GetSliceNode().GetSliceToRAS()
+        out[name] = np.array([matrix.GetElement(r, 3) for r in range(3)])
+    return out
+
+
+def test_compare_centres_the_views_on_a_segment_and_one_view_on_a_second(slicer_app, mr_volume):
+    scene = slicer_app.scene
+    w = slicer_app.select("DiCycSynthesis")
+    ui = w.ui
+    assert not ui.centerSegmentComboBox.enabled and not ui.alsoSegmentComboBox.enabled
+    assert not ui.centerViewsButton.enabled
+    mr = L.add_volume_node(scene, mr_volume(seed=1), "MR")
+    ct = L.add_volume_node(scene, _ct_like(mr_volume, 2), "CT")
+    segmentation, masks = _box_segmentation(scene, mr, {"aorta": (1, 5, 10, 18, 12, 18),
+                                                        "spine": (0, 6, 24, 32, 14, 20)})
+    ui.syntheticVolumeSelector.choose(mr)
+    ui.referenceVolumeSelector.choose(ct)
+    ui.compareSegmentationSelector.choose(segmentation)
+    items = [ui.centerSegmentComboBox.itemText(i) for i in range(ui.centerSegmentComboBox.count)]
+    assert items == ["(none)", "aorta", "spine"] and ui.centerSegmentComboBox.currentText == "(none)"
+    assert ui.centerSegmentComboBox.enabled and not ui.centerViewsButton.enabled  # nothing to centre on yet
+    ui.centerSegmentComboBox.choose("aorta")
+    ui.alsoSegmentComboBox.choose("spine")
+    ui.zoomSpinBox.value = 100
+    p = w._parameterNode
+    ids = {name: sid for name, sid in ((n, s) for s, n in L.segment_ids(segmentation))}
+    assert (p.GetParameter("CenterSegment"), p.GetParameter("AlsoSegment"), p.GetParameter("ZoomMm")) == (
+        ids["aorta"], ids["spine"], "100")
+    assert p.GetNodeReferenceID("CompareSegmentation") == segmentation.GetID() and ui.centerViewsButton.enabled
+
+    # the checkerboard comes up centred: Red and Green through the aorta, Yellow through the spine, 100 mm wide
+    volume = L.volume_from_node(mr)
+    aorta, spine = _centre_of(volume, masks["aorta"]), _centre_of(volume, masks["spine"])
+    ui.checkerboardButton.click()
+    centres = _translations(slicer_app)
+    assert np.allclose(centres["Red"], aorta) and np.allclose(centres["Green"], aorta)
+    assert np.allclose(centres["Yellow"], spine)
+    assert min(slicer_app.slice_logics["Red"].GetSliceNode().GetFieldOfView()[:2]) == pytest.approx(100.0)
+    assert slicer_app.status_messages[-1] == (
+        "Views centred: Red, Green through the centre of aorta; Yellow through the centre of spine.")
+    # side by side: both halves on the aorta, the spine in Green
+    ui.sideBySideRadioButton.click()
+    centres = _translations(slicer_app)
+    assert np.allclose(centres["Red"], aorta) and np.allclose(centres["Yellow"], aorta)
+    assert np.allclose(centres["Green"], spine)
+    ui.revealRadioButton.click()
+    # the user scrolls away; Centre views brings the aorta back
+    slicer_app.slice_logics["Red"].SetSliceOffset(float(aorta[2]) + 9.0)
+    ui.centerViewsButton.click()
+    assert np.allclose(_translations(slicer_app)["Red"], aorta)
+
+    # Segment Editor renames one segment and deletes the other: the lists follow
+    segmentation.GetSegmentation().GetSegment(ids["aorta"]).SetName("abdominal aorta")
+    assert ui.centerSegmentComboBox.currentText == "abdominal aorta"
+    segmentation.GetSegmentation().RemoveSegment(ids["spine"])
+    assert ui.alsoSegmentComboBox.currentText == "(none)" and p.GetParameter("AlsoSegment") == ""
+    assert p.GetParameter("CenterSegment") == ids["aorta"]
+    ui.overlayButton.click()
+    assert all(np.allclose(c, aorta) for c in _translations(slicer_app).values())  # one structure: every view
+    ui.restoreViewsButton.click()
+
+    # a segment the compared volume does not contain: one sentence, nothing moved
+    far = L.add_volume_node(scene, mr_volume(shape=(4, 10, 10), origin=(400.0, 400.0, 400.0)), "far")
+    ui.syntheticVolumeSelector.choose(far)
+    before = _translations(slicer_app)
+    slicer_app.expect_dialog("error",
+                             match="Could not centre the views.*segment abdominal aorta has no voxels inside far")
+    ui.centerViewsButton.click()
+    assert [type(e).__name__ for _, e in slicer_app.take_slot_errors()] == ["DicycError"]
+    assert all(np.allclose(before[n], c) for n, c in _translations(slicer_app).items())
+
+    # no segmentation, no centring; a scene close empties the lists
+    ui.compareSegmentationSelector.choose(None)
+    assert not ui.centerSegmentComboBox.enabled and ui.centerSegmentComboBox.count == 1
+    assert not ui.centerViewsButton.enabled and p.GetParameter("CenterSegment") == ""
+    ui.compareSegmentationSelector.choose(segmentation)
+    slicer_app.close_scene()
+    assert ui.compareSegmentationSelector.currentNode() is None and not ui.centerSegmentComboBox.enabled

@@ -7,7 +7,8 @@ installs stand-ins for ``qt``, ``ctk``, the qMRML widgets (``slicer.qMRMLNodeCom
 ``.ui`` file and calls ``setup()``; ``slicer.util`` is Slicer's own (from the ``slicer-core``
 wheel), so ``loadUI``, ``childWidgetVariables``, ``tryWithErrorDisplay``, the message boxes,
 ``setSliceViewerLayers``, ``selectModule`` and ``reloadScriptedModule`` run their real code on
-top of the stand-ins. Only ``pip_install`` and ``restart`` are replaced by recorders.
+top of the stand-ins. Only ``pip_install`` and ``restart`` are replaced by recorders. ``import
+SampleData`` finds a stand-in that keeps registrations as Slicer's does (:mod:`.sampledata`).
 
 Strict means: an unknown widget class, object name, property or signal fails the test (see
 :mod:`.core` and :mod:`.uiloader`); a message box, file dialog or exception in a slot that the
@@ -30,7 +31,7 @@ from pathlib import Path
 import slicer
 import vtk
 
-from . import app, core, ctk, mrml, qt, scripted, uiloader
+from . import app, core, ctk, mrml, qt, sampledata, scripted, uiloader
 
 ROOT = Path(__file__).resolve().parents[3]
 MODULE_DIRS = {"DiCycSynthesis": ROOT / "DiCycSynthesis", "DiCycTraining": ROOT / "DiCycTraining"}
@@ -98,6 +99,7 @@ class SlicerHarness:
         mp.setitem(sys.modules, "ctk", ctk)
         mp.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
         mp.setattr(slicer, "ScriptedLoadableModule", scripted, raising=False)
+        mp.setitem(sys.modules, "SampleData", sampledata)
         for name, cls in mrml.widget_classes().items():
             mp.setattr(slicer, name, cls, raising=False)
         self.app = app.SlicerApplication(self, self.testing)
@@ -183,6 +185,10 @@ class SlicerHarness:
         """The panel calls a Python widget's enter()/exit() only where the class defines them."""
         if callable(getattr(widget, method, None)):
             getattr(widget, method)()
+
+    def startup_completed(self):
+        """The application has finished starting (modules connect to ``startupCompleted()``)."""
+        self.app.emit_signal("startupCompleted()")
 
     def close_application(self):
         """The user closes Slicer's main window: True if it closed (then every module is unloaded)."""
