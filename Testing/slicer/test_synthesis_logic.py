@@ -147,7 +147,10 @@ def test_logic_background_synthesis_start_poll_finish(scene, mr_volume, tiny_mod
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     events = [json.loads(line) for line in (work / EVENTS_NAME).read_text().splitlines()]
     assert events[0]["event"] == "start" and events[-1]["event"] == "done"
-    assert [e["iteration"] for e in events if e["event"] == "iteration"] == [2, 4, 6]
+    done = [e["iteration"] for e in events if e["event"] == "iteration"]
+    # one event per batch of at most 2 slices (the CPU path probe may run a batch of 1 first), ending at all 6
+    steps = [b - a for a, b in zip([0] + done, done)]
+    assert done[-1] == 6 and all(1 <= step <= 2 for step in steps) and len(done) >= 3
     out = logic.finish(scene)
     _assert_same_matrix(L.ijk_to_ras_of(out), L.ijk_to_ras_of(node))
     assert (out.GetDisplayNode().GetWindow(), out.GetDisplayNode().GetLevel()) == (400.0, 40.0)
