@@ -18,6 +18,7 @@ Output folder of a run::
 
 import datetime
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -80,9 +81,15 @@ _FLOAT_KEYS = ("lr", "beta1", "beta2", "lambda_cycle", "lambda_identity")
 def load_config_file(path):
     """Read a JSON config; unknown keys are refused (a typo must not be silently ignored)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DicycError(f"{path} does not exist.") from None
+    except IsADirectoryError:
+        raise DicycError(f"{path} is a folder, not a JSON file of training options.") from None
+    except OSError as exc:
+        raise DicycError(f"{path} cannot be read: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError:
+        raise DicycError(f"{path} is not a text file, so it cannot be a JSON file of training options.") from None
     except ValueError as exc:
         raise DicycError(f"{path} is not valid JSON ({exc}).") from None
     if not isinstance(data, dict):
@@ -133,6 +140,19 @@ def validate_config(config):
             config[key] = float(config[key])
         except (TypeError, ValueError):
             raise DicycError(f"training option {key} must be a number; got {config[key]!r}.") from None
+        if not math.isfinite(config[key]):
+            raise DicycError(f"training option {key} must be a finite number; got {config[key]!r}.")
+    # torch's Adam refuses these with a traceback, and a negative weight turns a loss into a reward
+    if not config["lr"] > 0:
+        raise DicycError(f"the learning rate (lr) must be positive; got {config['lr']!r}.")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= config[key] < 1.0:
+            raise DicycError(f"training option {key} must be at least 0 and below 1; got {config[key]!r}.")
+    for key, value in config.items():  # method options too: numbers finite, loss weights not negative
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DicycError(f"training option {key} must be a finite number; got {value!r}.")
+        if key.startswith("lambda_") and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise DicycError(f"training option {key} is a loss weight and must not be negative; got {value!r}.")
     for key in ("slice_size", "ngf", "n_blocks", "ndf", "batch_size", "checkpoint_every", "log_every", "max_epochs"):
         if config[key] < 1:
             raise DicycError(f"training option {key} must be at least 1; got {config[key]}.")
@@ -155,7 +175,7 @@ def validate_config(config):
         config["spacing"] = [float(s) for s in spacing]
     except (TypeError, ValueError):
         raise DicycError(f"spacing must be one or two numbers (mm); got {spacing!r}.") from None
-    if len(config["spacing"]) != 2 or min(config["spacing"]) <= 0:
+    if len(config["spacing"]) != 2 or not all(math.isfinite(s) and s > 0 for s in config["spacing"]):
         raise DicycError(f"spacing must be two positive in-plane values (mm); got {spacing!r}.")
     if config["sampling"] not in ("random", "same-patient", "position"):
         raise DicycError(f"sampling must be random, same-patient or position; got {config['sampling']!r}.")
@@ -387,8 +407,9 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
     from dicyc.losses import ImagePool
     from dicyc.methods import get_method
     from dicyc.modelfile import save_model
+    from dicyc.atomic import prepare_folder, remove_stale_temporaries
     from dicyc.runlock import RunLock
-    from dicyc.samples import default_cache_dir
+    from dicyc.samples import cache_folder
     from dicyc.schedule import Schedule
 
     log = log or (lambda message: None)
@@ -396,20 +417,33 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
     ckpt_path = out_dir / "checkpoint.safetensors"
     dist = Distributed(resolve_device(device))
     dev = dist.device
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out_dir) if dist.is_main else None  # one trainer per run folder (re-entrant for the CLI)
-    if lock is not None:
-        try:
-            lock.acquire()
-        except DicycError:
-            dist.close()
-            raise
-    events = EventLog([out_dir / "events.jsonl", progress_jsonl] if dist.is_main else [])
+    lock, new_events_file = None, False
+    try:
+        if dist.is_main:
+            prepare_folder(out_dir, "run folder")
+            lock = RunLock(out_dir).acquire()  # one trainer per run folder (re-entrant for the CLI)
+            stale = remove_stale_temporaries(out_dir)  # a killed run's half-written temporary files
+            if stale:
+                log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}")
+        events_path = out_dir / "events.jsonl"
+        new_events_file = not events_path.exists()
+        events = EventLog([events_path, progress_jsonl] if dist.is_main else [])
+    except DicycError:
+        if lock is not None:
+            if not resume and not ckpt_path.exists():
+                _forget_refused_run(out_dir, new_events_file)
+            lock.release()
+        dist.close()
+        raise
     started = time.monotonic()
+    begun = False  # the "start" event is out: from then on a failure is a failed run, not a refusal
     try:
         recipe = get_method(config["method"])(config)
         paths_a, paths_b = list_volumes(a), list_volumes(b)
-        cache = Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_dir() / "slices"
+        if config.get("cache_dir"):
+            cache = prepare_folder(config["cache_dir"], "preprocessing cache folder")
+        else:
+            cache = cache_folder("slices")
         spacing, size = config["spacing"], config["slice_size"]
         log(f"preparing domain A ({config['name_a']}, {len(paths_a)} volume(s)) and B ({config['name_b']}, {len(paths_b)})")
         data_a = DomainData.prepare(paths_a, config["modality_a"], spacing, size, cache, log=log, mr_method=config["mr_normalization"])
@@ -468,6 +502,7 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
         events.emit("start", iteration=iteration, epoch=epoch, total_iterations=total, path=str(out_dir),
                     message=f"{recipe.name}: {len(paths_a)} {names[0]} and {len(paths_b)} {names[1]} volume(s) on {dev}"
                     + (f", {dist.world_size} processes" if dist.enabled else ""))
+        begun = True
         bar = ProgressBar(total, label=recipe.name, enabled=show_progress if dist.is_main else False)
         run_start_it, run_start_t = iteration, time.monotonic()
         steps = recipe.steps()
@@ -482,6 +517,13 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
             ctx = {"real_a": real_a, "real_b": real_b, "pools": pools, "iteration": iteration}
             logged = run_iteration(steps, nets, groups, optimizers, ctx, lr, dist.average_gradients)
             iteration += 1
+            diverged = sorted(k for k, v in logged.items() if not math.isfinite(v))
+            if diverged:  # stop before a NaN network reaches a checkpoint or a model file
+                raise DicycError(
+                    f"training diverged at iteration {iteration}: the {', '.join(diverged)} loss became "
+                    f"{logged[diverged[0]]}; the last checkpoint in {out_dir} is intact, so resume it with a lower "
+                    "learning rate (--lr)."
+                )
             for k, v in logged.items():
                 recent.setdefault(k, []).append(v)
                 epoch_losses.setdefault(k, []).append(v)
@@ -520,10 +562,12 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
                     message="stopped early: loss stopped improving" if stopped and iteration < total else "finished")
         return out_dir / "model.safetensors"
     except DicycError as exc:
-        events.emit("error", message=str(exc))
+        events.emit_quietly("error", message=str(exc))
+        if not begun and not resume and dist.is_main and not ckpt_path.exists():
+            _forget_refused_run(out_dir, new_events_file)
         raise
     except Exception as exc:  # a bug: still tell followers the run ended, then keep the traceback
-        events.emit("error", message=f"{type(exc).__name__}: {exc}")
+        events.emit_quietly("error", message=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         events.close()
@@ -532,39 +576,113 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
             lock.release()
 
 
-def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=False):
+def _forget_refused_run(out_dir, new_events_file):
+    """A new run refused before it began (bad data, a full cache) leaves no run behind.
+
+    ``config.json`` (written by :func:`prepare_run` for this run) and an ``events.jsonl`` this
+    call created are removed, so the folder does not look like a run that can be resumed or
+    followed; the error event still went to ``--progress-jsonl``.
+    """
+    names = ["config.json"] + (["events.jsonl"] if new_events_file else [])
+    for name in names:
+        try:
+            (Path(out_dir) / name).unlink()
+        except OSError:
+            pass
+
+
+def _read_saved_run(out_dir):
+    """The saved ``config.json`` of a run folder, refused in one sentence when missing or damaged."""
+    path = Path(out_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DicycError(f"{out_dir} holds a checkpoint but no config.json, so the run cannot be resumed.") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DicycError(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc}), so the run cannot be "
+                         "resumed.") from None
+    if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict) and saved.get("a") and saved.get("b")):
+        raise DicycError(f"{path} is not a DiCyc run configuration (config, a and b are needed to resume).")
+    return saved
+
+
+def checkpoint_progress(path):
+    """(iterations done, epochs done) recorded in a checkpoint, read from its header alone (no torch)."""
+    from dicyc.modelfile import check_safetensors_header
+
+    header = check_safetensors_header(path, what="training checkpoint")
+    try:
+        extra = json.loads((header.get("__metadata__") or {})["dicyc_checkpoint"])["extra"]
+        return int(extra["iteration"]), int(extra["epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise DicycError(f"{path} is a safetensors file but not a DiCyc training checkpoint.") from None
+
+
+def _show(value):
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=False, log=None):
     """Resolve the configuration of a new or resumed run and write ``config.json``.
 
     Returns (config, a, b). A new run refuses a folder that already holds a checkpoint (so no
-    work is overwritten by accident); a resumed run reads the saved configuration and data
-    specs, and refuses changes that would not fit the saved networks.
+    work is overwritten by accident). A resumed run starts from the saved configuration and data
+    specs; a ``config_file`` overrides them, and ``overrides`` given explicitly (not ``None``:
+    command-line flags) override both. Changes that would not fit the saved networks are
+    refused, and so is a schedule shorter than the work already done; every setting a resume
+    changes is logged and recorded in ``config.json`` (``resumes``).
     """
+    log = log or (lambda message: None)
     out_dir = Path(out_dir)
     saved_path = out_dir / "config.json"
-    overrides = dict(overrides or {})
+    explicit = {k: v for k, v in dict(overrides or {}).items() if v is not None}
     if method:
-        overrides["method"] = method
+        explicit["method"] = method
+    record = {}
     if resume:
-        if not (out_dir / "checkpoint.safetensors").exists():
+        ckpt = out_dir / "checkpoint.safetensors"
+        if not ckpt.exists():
             raise DicycError(f"{out_dir} holds no checkpoint to resume (checkpoint.safetensors is missing).")
-        saved = json.loads(saved_path.read_text())
-        config = saved["config"]
+        saved = _read_saved_run(out_dir)
+        old = saved["config"]
         file_config = load_config_file(config_file) if config_file else {}
-        for key, value in list(file_config.items()) + list(overrides.items()):
-            if value is not None and key in FROZEN_ON_RESUME and value != config.get(key):
-                raise DicycError(f"{key} cannot change when resuming (the run was trained with {config.get(key)!r}).")
-        config = resolve_config(config, {**file_config, **overrides})
+        changes = {**file_config, **explicit}  # flags given beat the file, the file beats the saved run
+        if "max_epochs" in changes and "iterations" not in changes and old.get("iterations") is not None:
+            raise DicycError(f"this run counts iterations ({old['iterations']}), so an epoch limit would be ignored; "
+                             "give the new length as iterations instead.")
+        config = resolve_config(old, changes)
+        for key in FROZEN_ON_RESUME:
+            if key in old and config.get(key) != old.get(key):
+                raise DicycError(f"{key} cannot change when resuming (the run was trained with {old.get(key)!r}).")
+        done, epochs = checkpoint_progress(ckpt)
+        if config["iterations"] is not None and config["iterations"] < done:
+            raise DicycError(f"iterations {config['iterations']} is below the {done} iterations this run has already "
+                             f"done; give at least {done} to resume it.")
+        if config["iterations"] is None and config["max_epochs"] < epochs:
+            raise DicycError(f"max_epochs {config['max_epochs']} is below the {epochs} epochs this run has already "
+                             f"done; give at least {epochs} to resume it.")
         a = a or saved["a"]
         b = b or saved["b"]
+        changed = {key: [old.get(key), config[key]] for key in config if old.get(key) != config[key]}
+        for key, (before, after) in changed.items():
+            log(f"resuming with {key} {_show(after)} (was {_show(before)})")
+        record = {"resumes": list(saved.get("resumes", []))}
+        if changed:
+            record["resumes"].append({"iteration": done, "changed": changed})
     else:
         if (out_dir / "checkpoint.safetensors").exists():
             raise DicycError(f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out.")
         if not a or not b:
             raise DicycError("training needs both --a and --b (volumes of the two domains).")
         file_config = load_config_file(config_file) if config_file else {}
-        config = resolve_config(file_config, overrides)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        config = resolve_config(file_config, explicit)
+    from dicyc.atomic import prepare_folder
+
+    prepare_folder(out_dir, "run folder")
     norm = lambda spec: [str(Path(s).resolve()) for s in spec] if isinstance(spec, (list, tuple)) else str(Path(spec).resolve())
     a, b = norm(a), norm(b)
-    write_text(saved_path, json.dumps({"config": config, "a": a, "b": b}, indent=2))
+    if resume and (a, b) != (saved["a"], saved["b"]):
+        log("resuming with other training volumes than the run started with")
+        record.setdefault("resumes", []).append({"iteration": done, "changed": {"a": [saved["a"], a], "b": [saved["b"], b]}})
+    write_text(saved_path, json.dumps({"config": config, "a": a, "b": b, **record}, indent=2))
     return config, a, b
