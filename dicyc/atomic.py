@@ -124,6 +124,14 @@ def _probe(folder):
             pass
 
 
+def _errno_of(exc):
+    """The OS error code behind ``exc``: an ``OSError``'s, or one a library quoted ("os error 28", "[Errno 28]")."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    found = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(exc or ""))
+    return int(found.group(1) or found.group(2)) if found else None
+
+
 def write_error(target, exc=None, detail=None, needed=0):
     """A :class:`DicycError` saying in one sentence why writing ``target`` failed.
 
@@ -133,7 +141,7 @@ def write_error(target, exc=None, detail=None, needed=0):
     """
     target = Path(target)
     folder = target.parent
-    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    code = _errno_of(exc)
     reason = _reason(code, target, folder) if code else None
     if reason is None and disk_is_full(folder, needed):
         reason = f"no space left on the disk holding {folder}"
@@ -301,8 +309,8 @@ def atomic_path(target, verify=True, needed=0):
             raise
         except OSError as exc:
             raise write_error(target, exc, needed=needed) from None
-        except Exception as exc:  # a writer's own error type (SimpleITK, safetensors) on a full disk
-            if disk_is_full(target.parent, needed):
+        except Exception as exc:  # a writer's own error type (SimpleITK, safetensors) quoting an OS error
+            if _errno_of(exc) or disk_is_full(target.parent, needed):
                 raise write_error(target, exc, needed=needed) from None
             raise
         _fsync_folder(target.parent)

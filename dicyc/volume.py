@@ -11,6 +11,7 @@ A synthetic volume must overlay its input voxel for voxel, so every function tha
 volume from another keeps this geometry exactly, and every write is atomic.
 """
 
+import glob
 import os
 import re
 import warnings
@@ -573,20 +574,13 @@ def write_volume(volume, path, overwrite=False):
             if fmt in (".mhd", ".nhdr"):
                 _publish_detached_data(tmp, path, fmt)
         finally:
-            for leftover in tmp.parent.glob(glob_escape(tmp_stem) + ".*"):
+            for leftover in tmp.parent.glob(glob.escape(tmp_stem) + ".*"):
                 if leftover != tmp:
                     try:
                         leftover.unlink()
                     except OSError:
                         pass
     return path
-
-
-def glob_escape(text):
-    """``text`` with glob wildcards escaped (a temporary name is matched literally)."""
-    import glob
-
-    return glob.escape(text)
 
 
 def _publish_detached_data(tmp, path, fmt):
