@@ -247,6 +247,17 @@ class Distributed:
             g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
 
+    def any_rank(self, flag):
+        """True on every rank when ``flag`` is true on any: ranks must agree to stop, or the others hang."""
+        if not self.enabled:
+            return bool(flag)
+        import torch
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def close(self):
         if self.enabled:
             import torch.distributed as dist
@@ -518,11 +529,12 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
             logged = run_iteration(steps, nets, groups, optimizers, ctx, lr, dist.average_gradients)
             iteration += 1
             diverged = sorted(k for k, v in logged.items() if not math.isfinite(v))
-            if diverged:  # stop before a NaN network reaches a checkpoint or a model file
+            if dist.any_rank(diverged):  # stop before a NaN network reaches a checkpoint or a model file
+                what = (f"the {', '.join(diverged)} loss became {logged[diverged[0]]}" if diverged
+                        else "a loss became NaN or infinite in another process")
                 raise DicycError(
-                    f"training diverged at iteration {iteration}: the {', '.join(diverged)} loss became "
-                    f"{logged[diverged[0]]}; the last checkpoint in {out_dir} is intact, so resume it with a lower "
-                    "learning rate (--lr)."
+                    f"training diverged at iteration {iteration}: {what}; the last checkpoint in {out_dir} is intact, "
+                    "so resume it with a lower learning rate (--lr)."
                 )
             for k, v in logged.items():
                 recent.setdefault(k, []).append(v)
