@@ -214,8 +214,27 @@ def test_a_truncated_file_is_refused_not_read_as_zeros(tmp_path, name):
     write_volume(Volume(ct), path)
     data = {"ct.mhd": tmp_path / "ct.raw", "ct.nhdr": tmp_path / "ct.raw"}.get(name, path)
     _truncate(data, 0.6)
-    with pytest.raises(DicycError, match=rf"{name} is incomplete: .*cut short\.$"):
+    with pytest.raises(DicycError, match=rf"{name} is incomplete: .*cut short( \(or its header is wrong\))?\.$"):
         read_volume(path)
+
+
+@pytest.mark.parametrize("pixdim", [0.0, math.nan])
+def test_a_nifti_with_an_invalid_voxel_size_is_refused_quietly(tmp_path, pixdim, capfd):
+    import struct
+
+    import nibabel
+
+    nibabel.save(nibabel.Nifti1Image(np.arange(1000, dtype=np.float32).reshape(10, 10, 10), np.eye(4)),
+                 str(tmp_path / "bad.nii"))
+    with open(tmp_path / "bad.nii", "r+b") as fh:  # no qform or sform: the voxel size is pixdim alone
+        fh.seek(80)
+        fh.write(struct.pack("<f", pixdim))  # pixdim[1]: ITK and nibabel would read it as 1 mm
+        fh.seek(252)
+        fh.write(struct.pack("<hh", 0, 0))  # qform_code, sform_code
+    capfd.readouterr()
+    with pytest.raises(DicycError, match=r"bad\.nii has an invalid voxel size in its header"):
+        read_volume(tmp_path / "bad.nii")
+    assert capfd.readouterr().err == ""  # nibabel's and ITK's own lines stay off the terminal
 
 
 def test_a_truncated_input_is_refused_by_evaluate_synthesize_and_train(toy_pair, tmp_path, capsys, monkeypatch):

@@ -67,7 +67,8 @@ def check_image_file(path, strict=False):
 
 # ===================================================================== streams
 def _short(have, need, what="voxel data"):
-    return IncompleteImage(f"it holds {have} bytes of {what} where its header announces {need}, so the file was cut short")
+    return IncompleteImage(f"it holds {have} bytes of {what} where its header announces {need}, so the file was cut "
+                           "short (or its header is wrong)")
 
 
 def _ends_early():
@@ -158,6 +159,36 @@ def _nifti_expected(head):
     except Exception:  # nibabel's many header errors: leave the file to ITK's judgement
         return None
     return size, offset, int(math.prod(int(n) for n in shape)) * itemsize
+
+
+def nifti_header(path):
+    """The NIfTI-1/2 header of ``path`` exactly as stored (nibabel's ``check=False``), or None.
+
+    ``nibabel.load`` "fixes" a header on the way (a zero pixdim becomes 1), which hides exactly
+    what a check needs to see.
+    """
+    import gzip
+
+    import nibabel
+
+    try:
+        with open(path, "rb") as fh:
+            opener = gzip.GzipFile(fileobj=fh, mode="rb") if fh.read(2) == _GZIP_MAGIC else None
+            fh.seek(0)
+            head = (opener.read(540) if opener is not None else fh.read(540))
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(head) < 348:
+        return None
+    for order in ("<", ">"):
+        size = struct.unpack(order + "i", head[:4])[0]
+        if size in (348, 540) and len(head) >= size:
+            cls = nibabel.Nifti1Header if size == 348 else nibabel.Nifti2Header
+            try:
+                return cls.from_fileobj(io.BytesIO(head[:size]), check=False)
+            except Exception:
+                return None
+    return None
 
 
 def _check_nifti(path, strict):

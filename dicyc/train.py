@@ -109,6 +109,8 @@ def resolve_config(file_config=None, overrides=None):
     method = DEFAULT_CONFIG["method"]
     for source in sources:
         method = source.get("method") or method
+    if not isinstance(method, str):
+        raise DicycError(f"the training method must be a name (see `dicyc methods`); got {method!r}.")
     config = dict(DEFAULT_CONFIG)
     config.update(get_method(method).defaults)
     for source in sources:
@@ -120,23 +122,41 @@ def resolve_config(file_config=None, overrides=None):
         config.update(source)
     config["method"] = method
     for key, default in get_method(method).defaults.items():  # method options take their default's type
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and config[key] is not None:
-            kind = "an integer" if isinstance(default, int) else "a number"
+        if isinstance(default, int) and not isinstance(default, bool) and config[key] is not None:
+            config[key] = _as_int(key, config[key])
+        elif isinstance(default, float) and config[key] is not None:
             try:
-                config[key] = type(default)(config[key])
+                if isinstance(config[key], bool):
+                    raise TypeError
+                config[key] = float(config[key])
             except (TypeError, ValueError):
-                raise DicycError(f"training option {key} must be {kind}; got {config[key]!r}.") from None
+                raise DicycError(f"training option {key} must be a number; got {config[key]!r}.") from None
+        elif isinstance(default, str) and not isinstance(config[key], str):
+            raise DicycError(f"training option {key} must be text; got {config[key]!r}.")
     return validate_config(config)
 
 
+def _as_int(key, value):
+    """An option's whole number: 3, 3.0 or "3"; True, 2.5 or "x" are refused in one sentence."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, float) and not number.is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise DicycError(f"training option {key} must be an integer; got {value!r}.") from None
+
+
 def validate_config(config):
+    """Types and ranges of every option, refused in one sentence before anything is written or trained."""
     for key in _INT_KEYS:
-        try:
-            config[key] = int(config[key])
-        except (TypeError, ValueError):
-            raise DicycError(f"training option {key} must be an integer; got {config[key]!r}.") from None
+        config[key] = _as_int(key, config[key])
     for key in _FLOAT_KEYS:
         try:
+            if isinstance(config[key], bool):
+                raise TypeError
             config[key] = float(config[key])
         except (TypeError, ValueError):
             raise DicycError(f"training option {key} must be a number; got {config[key]!r}.") from None
@@ -156,14 +176,27 @@ def validate_config(config):
     for key in ("slice_size", "ngf", "n_blocks", "ndf", "batch_size", "checkpoint_every", "log_every", "max_epochs"):
         if config[key] < 1:
             raise DicycError(f"training option {key} must be at least 1; got {config[key]}.")
+    for key in ("position_offset", "pool_size", "constant_epochs", "patience_constant", "patience_decay", "decay_epochs"):
+        if config[key] < 0:
+            raise DicycError(f"training option {key} must not be negative; got {config[key]}.")
+    if not isinstance(config["augment"], bool):
+        raise DicycError(f"training option augment must be true or false; got {config['augment']!r}.")
+    for key in ("modality_a", "modality_b"):
+        if not isinstance(config[key], str) or not config[key].strip():
+            raise DicycError(f"training option {key} must be a modality name such as MR, T2 or CT; got {config[key]!r}.")
+    for key in ("name_a", "name_b", "cache_dir"):
+        if config[key] is not None and not isinstance(config[key], str):
+            raise DicycError(f"training option {key} must be text; got {config[key]!r}.")
+    if config["mr_normalization"] not in ("percentile", "meanstd"):
+        raise DicycError(f"mr_normalization must be percentile or meanstd; got {config['mr_normalization']!r}.")
     if config["slice_size"] % 4:
         raise DicycError(f"slice_size must be a multiple of 4 (two stride-2 stages); got {config['slice_size']}.")
     if config["iterations"] is not None:
-        config["iterations"] = int(config["iterations"])
+        config["iterations"] = _as_int("iterations", config["iterations"])
         if config["iterations"] < 1:
             raise DicycError(f"iterations must be at least 1; got {config['iterations']}.")
     if config["epoch_length"] is not None:
-        config["epoch_length"] = int(config["epoch_length"])
+        config["epoch_length"] = _as_int("epoch_length", config["epoch_length"])
         if config["epoch_length"] < 1:
             raise DicycError(f"epoch_length must be at least 1; got {config['epoch_length']}.")
     spacing = config["spacing"]

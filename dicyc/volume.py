@@ -356,6 +356,8 @@ def read_volume(path, allow_2d=False, check_finite=True):
         if path.stat().st_size == 0:
             raise DicycError(f"{_display(path)} is an empty file, not an image.")
         check_complete(path)
+        if str(path).lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_header(path)
         image, error, said = _itk_call(lambda: sitk.ReadImage(str(path)))
         if error is not None:
             raise DicycError(
@@ -380,11 +382,49 @@ def read_volume(path, allow_2d=False, check_finite=True):
     return volume
 
 
-def _check_nifti_finite(path):
-    """ITK's NIfTI reader silently turns NaN and Inf into 0, so look at the raw data with nibabel."""
+def _nibabel_load(path):
+    """``nibabel.load`` with nibabel's own log lines ("pixdim[1,2,3] should be non-zero") kept off the terminal."""
+    import logging
+
     import nibabel
 
-    image = nibabel.load(str(path))
+    logger = logging.getLogger("nibabel")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return nibabel.load(str(path))
+    finally:
+        logger.setLevel(level)
+
+
+def _check_nifti_header(path):
+    """Refuse a NIfTI whose geometry comes from a voxel size (pixdim) of zero or not a number.
+
+    Without an sform matrix the voxel size is pixdim alone, and ITK (and nibabel) quietly read a
+    zero or NaN there as 1 mm: every distance, overlay and resampling of the volume would then be
+    wrong without a word.
+    """
+    from dicyc.imagecheck import nifti_header
+
+    header = nifti_header(path)
+    if header is None:
+        return  # not a NIfTI header nibabel can parse: ITK's reader gives the refusal
+    try:
+        ndim = min(int(header["dim"][0]), 3)
+        pixdim = [float(v) for v in header["pixdim"][1 : ndim + 1]]
+        has_sform = int(header["sform_code"]) > 0
+    except (TypeError, ValueError, KeyError):
+        return
+    if not has_sform and not all(np.isfinite(v) and v != 0 for v in pixdim):
+        raise DicycError(
+            f"{_display(path)} has an invalid voxel size in its header (pixdim {', '.join(f'{v:g}' for v in pixdim)}), "
+            "so its geometry is unknown."
+        )
+
+
+def _check_nifti_finite(path):
+    """ITK's NIfTI reader silently turns NaN and Inf into 0, so look at the raw data with nibabel."""
+    image = _nibabel_load(path)
     if not np.issubdtype(image.get_data_dtype(), np.floating):
         return
     data = np.asanyarray(image.dataobj)
