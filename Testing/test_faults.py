@@ -253,6 +253,46 @@ def test_a_truncated_input_is_refused_by_evaluate_synthesize_and_train(toy_pair,
     assert not (tmp_path / "run").exists()  # a refused train leaves no run folder, config.json or events.jsonl
 
 
+def _malformed(tmp_path):
+    import gzip
+    import struct
+
+    import nibabel
+
+    header = nibabel.Nifti1Header()
+    header.set_data_shape((10, 10, 10))
+    header.set_data_dtype(np.float32)
+    huge = bytearray(header.binaryblock + b"\0" * 4 + bytes(4000))
+    struct.pack_into("<hhh", huge, 42, 30000, 30000, 30000)  # dims announcing 100 TB
+    files = {
+        "random.nii.gz": os.urandom(3000),
+        "text.nii.gz": gzip.compress(b"not an image " * 100),
+        "random.nrrd": b"NRRD0004\ntype: float\ndimension: 3\nsizes: 10 10 10\nencoding: gzip\n\n" + os.urandom(100),
+        "huge.mha": b"ObjectType = Image\nNDims = 3\nDimSize = 100000 100000 100000\nElementType = MET_FLOAT\n"
+                    b"ElementDataFile = LOCAL\n" + os.urandom(100),
+        "nodata.mhd": b"ObjectType = Image\nNDims = 3\nDimSize = 5 10 10\nElementType = MET_FLOAT\nElementDataFile = x.raw\n",
+        "huge.nii": bytes(huge),
+        "fake.dcm": b"\0" * 128 + b"DICM" + os.urandom(200),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return sorted(files)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "compare", "synthesize"])
+def test_malformed_files_are_one_sentence_in_every_command(tmp_path, command, capsys):
+    good = tmp_path / "good.nii.gz"
+    write_volume(_noise_volume(), good)
+    for name in _malformed(tmp_path):
+        bad = tmp_path / name
+        args = {"evaluate": ["evaluate", "--pred", bad, "--ref", good],
+                "compare": ["compare", "--a", bad, "--b", good, "--out", tmp_path / "report"],
+                "synthesize": ["synthesize", "--model", MODEL, "--input", bad, "--output", tmp_path / "out.nii.gz"]}
+        code, _, err = _cli(capsys, *args[command])
+        _refused(code, err, name)
+        assert not (tmp_path / "report").exists() and not (tmp_path / "out.nii.gz").exists()
+
+
 def test_a_dicom_series_with_a_damaged_or_missing_slice_is_refused(tmp_path):
     volume = Volume(np.arange(6 * 8 * 8, dtype=np.int16).reshape(6, 8, 8), (1, 1, 2))
     write_volume(volume, tmp_path / "cut")
@@ -376,6 +416,7 @@ def _cases(tmp_path, readonly, toy_pair):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00\x81")
+    (tmp_path / "typed.json").write_text('{"augment": "no"}')
     train = ["train", *TINY, "--a", mr, "--b", ct, "--iterations", "2"]
     return {
         "train --out a file": (train + ["--out", a_file], {}, "is a file, not a folder"),
@@ -396,6 +437,8 @@ def _cases(tmp_path, readonly, toy_pair):
                                                       readonly / "p.jsonl"], {}, str(readonly)),
         "train --a a binary list file": (["train", *TINY, "--a", tmp_path / "binary.txt", "--b", ct, "--out",
                                           tmp_path / "r6"], {}, "is not a text file"),
+        "train --config with a wrong type": (train + ["--out", tmp_path / "r7", "--config", tmp_path / "typed.json"], {},
+                                             "augment must be true or false"),
     }
 
 
@@ -403,7 +446,7 @@ CASES = ["train --out a file", "train --out inside a file", "train --out read-on
          "synthesize --output read-only", "samples --dir a file", "samples --dir read-only",
          "DICYC_CACHE a file (samples)", "DICYC_CACHE a file (train)", "train --lr -1", "train --lr nan",
          "train --config a folder", "bench --json read-only", "train --progress-jsonl read-only",
-         "train --a a binary list file"]
+         "train --a a binary list file", "train --config with a wrong type"]
 
 
 @pytest.mark.parametrize("case", CASES)
