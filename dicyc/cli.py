@@ -298,21 +298,52 @@ def _cmd_train(args):
     from dicyc.runlock import RunLock
     from dicyc.train import prepare_run, train
 
+    from dicyc.atomic import prepare_folder
+
     overrides = {key: getattr(args, key) for _, key, _, _ in TRAIN_OPTIONS}
     overrides["spacing"] = args.spacing
     overrides["augment"] = args.augment
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, and locks
+    out = Path(args.out)
+    created = main_rank and not out.exists()
     if main_rank:
-        try:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DicycError(f"cannot create the run folder {args.out}: {exc.strerror or exc}.") from None
-    with RunLock(args.out) if main_rank else contextlib.nullcontext():  # one trainer per folder, for its whole life
-        config, a, b = prepare_run(args.out, args.method, args.a, args.b, args.config, overrides, resume=args.resume)
-        model = train(a, b, args.out, config, resume=args.resume, device=args.device,
-                      progress_jsonl=args.progress_jsonl, log=_log)
+        prepare_folder(out, "run folder")
+    try:
+        with RunLock(out) if main_rank else contextlib.nullcontext():  # one trainer per folder, for its whole life
+            try:
+                config, a, b = prepare_run(out, args.method, args.a, args.b, args.config, overrides,
+                                           resume=args.resume, log=_log)
+                model = train(a, b, out, config, resume=args.resume, device=args.device,
+                              progress_jsonl=args.progress_jsonl, log=_log)
+            except DicycError:
+                if created:
+                    _remove_if_only_lock(out)
+                raise
+    except DicycError:
+        if created:
+            _remove_empty_folder(out)
+        raise
     print(model)
     return 0
+
+
+def _remove_if_only_lock(folder):
+    """Drop the lock file of a run folder this command created, if nothing else was left in it."""
+    from dicyc.runlock import LOCK_NAME
+
+    try:
+        if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            (folder / LOCK_NAME).unlink()
+    except OSError:
+        pass
+
+
+def _remove_empty_folder(folder):
+    """A refused train leaves no run folder it created behind (an empty one only: never anything else)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _add_synthesize(sub):
@@ -334,6 +365,8 @@ def _add_synthesize(sub):
                    "domain name (e.g. CT), so a PD→T2 model cannot be used by mistake")
     p.add_argument("--views", default="axial", help="comma-separated planes to average: axial (default), "
                    "or axial,coronal,sagittal against slice-to-slice flicker")
+    p.add_argument("--overwrite", action="store_true", help="allow --output to replace an existing folder that is not a "
+                   "DICOM series written by DiCyc (it and every file in it are deleted)")
     p.add_argument("--progress-jsonl", metavar="FILE", help="also write JSON-lines events to FILE (start, iteration = "
                    "slices done of total_iterations, done with the output path, error with the message), e.g. for "
                    "the Slicer progress bar")
@@ -369,14 +402,15 @@ def _cmd_synthesize(args):
     try:
         info = synthesize_file(args.model, args.input, args.output, direction=args.direction, device=args.device,
                                precision=args.precision, batch=args.batch, views=views, progress=progress,
-                               expect_target=args.target, mask_background=not args.keep_background)
+                               expect_target=args.target, mask_background=not args.keep_background,
+                               overwrite=args.overwrite)
         _record_target_modality(args.model, args.direction, info.get("output", args.output))
     except KeyboardInterrupt:
-        events.emit("error", message="interrupted.")
+        events.emit_quietly("error", message="interrupted.")
         events.close()
         raise
     except Exception as exc:  # the events file must say why the run ended; the error itself propagates
-        events.emit("error", message=str(exc) if isinstance(exc, DicycError) else f"{type(exc).__name__}: {exc}")
+        events.emit_quietly("error", message=str(exc) if isinstance(exc, DicycError) else f"{type(exc).__name__}: {exc}")
         events.close()
         raise
     if "bar" in bars:
@@ -483,6 +517,12 @@ def _add_bench(sub):
 def _cmd_bench(args):
     import importlib
 
+    if args.json:  # a result file that cannot be written is refused before the benchmark, not after it
+        from dicyc.atomic import check_writable
+
+        if Path(args.json).is_dir():
+            raise DicycError(f"--json {args.json} is a folder; give a file name for the result.")
+        check_writable(Path(args.json).parent, target=args.json)
     module = importlib.import_module(f"dicyc.bench.{args.bench}")
     result = module.run(args, log=_log)
     if args.json:
@@ -516,10 +556,7 @@ def _open_event_log(path):
     """An :class:`~dicyc.events.EventLog` on ``path`` (a no-op one without), failing as one sentence."""
     from dicyc.events import EventLog
 
-    try:
-        return EventLog([path] if path else [])
-    except OSError as exc:
-        raise DicycError(f"could not open the progress file {path}: {exc.strerror or exc}.") from None
+    return EventLog([path] if path else [])
 
 
 def _log(message):
@@ -556,6 +593,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"dicyc {args.command}: interrupted.", file=sys.stderr, flush=True)
         return 130
+    except MemoryError:
+        print(f"dicyc {args.command}: error: this machine ran out of memory for the work (a smaller volume, "
+              "--batch or slice size needs less).", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

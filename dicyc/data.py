@@ -54,10 +54,13 @@ def _is_image_file(path):
 def _dicom_series_ids(folder):
     import SimpleITK as sitk
 
-    try:
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
-    except RuntimeError:
-        return ()
+    from dicyc.itklog import itk_messages
+
+    with itk_messages():  # GDCM's notes on the non-DICOM files it meets are not for the user's terminal
+        try:
+            return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
+        except RuntimeError:
+            return ()
 
 
 def _list_folder(folder):
@@ -83,7 +86,13 @@ def _list_folder(folder):
 def _list_file(list_path, seen):
     out = []
     base = list_path.parent
-    for number, raw in enumerate(list_path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = list_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DicycError(f"{list_path} is not a text file of volume paths (one per line).") from None
+    except OSError as exc:
+        raise DicycError(f"{list_path} cannot be read: {exc.strerror or exc}.") from None
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -338,8 +347,9 @@ class DomainData:
             raise DicycError(f"the slice size must be at least 4 pixels; got {slice_size}.")
         if not _is_ct(modality) and mr_method not in ("percentile", "meanstd"):
             raise DicycError(f"unknown MR normalisation {mr_method!r}; use 'percentile' or 'meanstd'.")
-        cache_dir = Path(cache_dir).expanduser()
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        from dicyc.atomic import prepare_folder
+
+        cache_dir = prepare_folder(Path(cache_dir).expanduser(), "preprocessing cache folder")
         log = log or (lambda message: None)
         volumes, bodies, norms, sources, crops = [], [], [], [], []
         for path in list_volumes(paths):

@@ -8,6 +8,7 @@ epoch, checkpoint, preview, done, error) plus ``epoch``, ``iteration``, ``total_
 
 import json
 import math
+import os
 import sys
 import time
 
@@ -57,29 +58,75 @@ class ProgressBar:
 class EventLog:
     """Appends JSON-lines events to one or more files; a no-op where none are given.
 
-    A killed process can leave at most one partial last line; readers skip lines that do not
-    parse (see :func:`read_events`).
+    Each line goes to the file in one ``write`` call on a descriptor opened for appending, so a
+    killed process leaves whole lines only. A write that fails or falls short (a full disk) is
+    cut back to the last whole line and raises :class:`~dicyc.errors.DicycError` ("could not
+    write …: no space left on …"): followers never meet a half line followed by more events.
+    Readers still skip lines that do not parse (see :func:`read_events`).
     """
 
     def __init__(self, paths=()):
         self._files = []
         for path in paths:
             if path:
-                self._files.append(open(path, "a", encoding="utf-8"))
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+                except OSError as exc:
+                    self.close()
+                    from dicyc.atomic import write_error
+
+                    raise write_error(path, exc) from None
+                self._files.append((str(path), fd))
 
     def emit(self, event, **fields):
         record = {"event": event, "time": round(time.time(), 3)}
         record.update({k: v for k, v in fields.items() if v is not None})
-        line = json.dumps(_finite(record)) + "\n"
-        for fh in self._files:
-            fh.write(line)
-            fh.flush()
+        data = (json.dumps(_finite(record)) + "\n").encode("utf-8")
+        for path, fd in self._files:
+            _append_line(path, fd, data)
         return record
 
+    def emit_quietly(self, event, **fields):
+        """:meth:`emit` for the last word of a run that is already failing: a write error is ignored."""
+        from dicyc.errors import DicycError
+
+        try:
+            return self.emit(event, **fields)
+        except DicycError:
+            return None
+
     def close(self):
-        for fh in self._files:
-            fh.close()
+        for _, fd in self._files:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self._files = []
+
+
+def _append_line(path, fd, data):
+    """Append ``data`` with one write; on failure cut the file back to where it was, then raise."""
+    from dicyc.atomic import write_error
+
+    try:
+        before = os.fstat(fd).st_size
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        written = os.write(fd, data)
+    except OSError as exc:
+        _cut_back(fd, before)
+        raise write_error(path, exc, needed=len(data)) from None
+    if written != len(data):
+        _cut_back(fd, before)
+        raise write_error(path, detail=f"only {written} of {len(data)} bytes of an event were written", needed=len(data))
+
+
+def _cut_back(fd, size):
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        pass
 
 
 def _finite(value):

@@ -92,6 +92,13 @@ def check_safetensors_header(path, what="DiCyc model file"):
         _refuse(path, "its safetensors header is not valid JSON (wrong format or damaged)", what)
     if not isinstance(header, dict):
         _refuse(path, "its safetensors header is not a JSON object", what)
+    try:  # a file cut short (a full disk, an interrupted copy) lacks the end of its tensor data
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        _refuse(path, "its safetensors header lists tensors without valid data offsets", what)
+    if size < 8 + length + end:
+        raise DicycError(f"{path} is incomplete: it holds {size - 8 - length} bytes of tensor data where its header "
+                         f"announces {end}, so the file was cut short.")
     return header
 
 
@@ -375,4 +382,25 @@ def load_model(path, device="cpu"):
         raise DicycError(f"{path} holds no generator weights.")
     for name, shapes in per_generator.items():
         _mismatch(path, name, shapes, expected)
+    _check_finite_weights(path, list(found))
     return LoadedModel(path, card, device, frozenset(per_generator))
+
+
+def _check_finite_weights(path, keys):
+    """Refuse NaN/Inf weights at load: a diverged training's model would give a NaN "result" volume.
+
+    Tensors are read one at a time (memory stays at one tensor), before any synthesis starts.
+    """
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            for key in keys:
+                if not bool(torch.isfinite(fh.get_tensor(key)).all()):
+                    raise DicycError(f"{path} holds NaN or infinite weights (tensor {key}), so it cannot synthesise; "
+                                     "the training that wrote it diverged or the file is damaged.")
+    except DicycError:
+        raise
+    except Exception as exc:  # safetensors' own error types for data beyond the end of the file
+        raise DicycError(f"{path} could not be read ({exc}); the file is damaged.") from None

@@ -300,14 +300,25 @@ def _write_lists(out_dir, subjects):
                 write_text(path, lines)
 
 
+def _complete(path):
+    """A cohort file is reused only whole: one cut short (a full disk, a copy) makes the cohort rebuilt."""
+    from dicyc.imagecheck import IncompleteImage, check_image_file
+
+    try:
+        check_image_file(path, strict=True)
+        return path.is_file()
+    except (IncompleteImage, OSError):
+        return False
+
+
 def make_cohort(out_dir, n_subjects=12, n_test=4, spacing=1.8, seed=0, log=None, **options):
     """Simulate a cohort of ``n_subjects`` pseudo-subjects (the last ``n_test`` are the test split).
 
     Writes, per subject ``sub-XX``, ``sub-XX_pd``, ``_t2``, ``_t1`` and ``_mask`` ``.nii.gz`` at
     ``spacing`` mm isotropic, then ``cohort.json`` and the list files; returns ``out_dir`` as a
     Path. Deterministic from ``seed``; every file is written atomically, and a folder whose
-    ``cohort.json`` already records the same parameters (and whose files all exist) is reused as
-    it is. ``options`` override :data:`DEFAULTS` (``noise``, ``inu``, ``jitter``, ``warp_mm``,
+    ``cohort.json`` already records the same parameters (and whose files are all there and
+    complete) is reused as it is. ``options`` override :data:`DEFAULTS` (``noise``, ``inu``, ``jitter``, ``warp_mm``,
     ``warp_grid_mm``).
     """
     from dicyc.errors import DicycError
@@ -329,7 +340,7 @@ def make_cohort(out_dir, n_subjects=12, n_test=4, spacing=1.8, seed=0, log=None,
         except (OSError, ValueError):
             old = None
         if old and old.get("params") == json.loads(json.dumps(params)) and all(
-            (out_dir / s[k]).is_file() for s in old["subjects"] for k in VOLUME_KEYS
+            _complete(out_dir / s[k]) for s in old["subjects"] for k in VOLUME_KEYS
         ):
             _write_lists(out_dir, old["subjects"])
             log(f"phantom cohort {out_dir} is up to date ({n_subjects} subjects)")

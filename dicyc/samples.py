@@ -143,6 +143,47 @@ def default_cache_dir():
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dicyc"
 
 
+def cache_folder(*parts):
+    """``<default_cache_dir()>/parts…``, created; refused in one sentence (naming ``DICYC_CACHE`` when set).
+
+    A cache that cannot be created (``DICYC_CACHE`` naming a file, a read-only home) must say so
+    before any work, not as a traceback from deep inside a download or a preprocessing step.
+    """
+    from dicyc.atomic import prepare_folder
+
+    folder = default_cache_dir().joinpath(*parts)
+    try:
+        return prepare_folder(folder, "cache folder")
+    except DicycError as exc:
+        if os.environ.get("DICYC_CACHE"):
+            raise DicycError(f"{str(exc).rstrip('.')} (set by DICYC_CACHE={os.environ['DICYC_CACHE']}); point "
+                             "DICYC_CACHE at a writable folder.") from None
+        raise DicycError(f"{str(exc).rstrip('.')}; set DICYC_CACHE to a writable folder.") from None
+
+
+def _cached_sample_ok(target, log):
+    """True where a cached sample is complete; a damaged one is removed (and then rebuilt) with a note.
+
+    The cache is ours and may have been cut short by a full disk or a copy; handing such a file
+    out would spread the damage to every command that uses the sample.
+    """
+    from dicyc.imagecheck import IncompleteImage, check_image_file
+
+    if not target.is_file():
+        return False
+    try:
+        check_image_file(target, strict=True)
+        return True
+    except (IncompleteImage, OSError) as exc:
+        log(f"the cached {target.name} is damaged ({exc}); preparing it again")
+        try:
+            target.unlink()
+        except OSError as err:
+            raise DicycError(f"the cached sample {target} is damaged and cannot be removed ({err.strerror or err}); "
+                             "delete it by hand.") from None
+        return False
+
+
 def prepare(names=None, cache_dir=None, log=print):
     """Build the named samples (default: all) as NIfTI files; return ``{name: path}``.
 
@@ -160,13 +201,16 @@ def prepare(names=None, cache_dir=None, log=print):
             f"unknown sample name{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"the samples are: {', '.join(_BY_NAME)}."
         )
-    out_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir() / "samples"
+    from dicyc.atomic import prepare_folder
+
+    out_dir = prepare_folder(Path(cache_dir).expanduser(), "samples folder") if cache_dir else cache_folder("samples")
     packages = default_cache_dir() / "packages"
     paths = {}
     for name in names:
         sample = _BY_NAME[name]
         target = out_dir / f"{name}.nii.gz"
-        if not target.is_file():
+        if not _cached_sample_ok(target, log):
+            packages = cache_folder("packages")
             log(f"preparing {name} from {_describe(sample.source)} ...")
             source = _source_file(sample.source, packages, log)
             write_volume(_BUILDERS[sample.kind](source), target)
@@ -184,7 +228,9 @@ def prepare_cohort(cache_dir=None, log=print, **kw):
     """
     from dicyc.phantom import cohort_name, make_cohort
 
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    from dicyc.atomic import prepare_folder
+
+    root = prepare_folder(Path(cache_dir).expanduser(), "cache folder") if cache_dir else cache_folder()
     return make_cohort(root / "phantom" / cohort_name(**kw), log=log, **kw)
 
 

@@ -768,19 +768,22 @@ def synthesize_volume(model, volume, direction="a2b", device="auto", precision="
 
 
 def synthesize_file(model_path, input_path, output_path, direction="a2b", device="auto", precision="auto", batch=8,
-                    views=("axial",), progress=None, expect_target=None, mask_background=True):
+                    views=("axial",), progress=None, expect_target=None, mask_background=True, overwrite=False):
     """Read ``input_path``, synthesise, write ``output_path`` atomically; returns the info dict.
 
     Everything cheap is checked before the heavy work, and nothing is written unless the
-    whole synthesis succeeded. Problems raise :class:`DicycError` naming the file.
+    whole synthesis succeeded (and the written file checked). Problems raise
+    :class:`DicycError` naming the file. An existing folder at ``output_path`` is replaced by
+    the DICOM series only if DiCyc wrote it, it is empty, or ``overwrite``.
     """
     from dicyc.device import resolve_device
     from dicyc.modelfile import load_model
-    from dicyc.volume import read_volume, volume_format, write_volume
+    from dicyc.volume import check_output_path, read_volume, write_volume
 
     _check_direction(direction)
     _check_options(precision, batch, views)
-    volume_format(output_path)  # an unknown extension fails now, not after minutes of work
+    # an unknown extension, a folder of the user's files or a read-only place fail now, not after minutes of work
+    check_output_path(output_path, overwrite=overwrite)
     dev = resolve_device(device)
     model = load_model(model_path, device=dev)
     check_target(model, direction, expect_target)
@@ -797,7 +800,7 @@ def synthesize_file(model_path, input_path, output_path, direction="a2b", device
     )
     del volume
     try:
-        written = write_volume(synthetic, output_path)
+        written = write_volume(synthetic, output_path, overwrite=overwrite)
     except OSError as exc:
         raise DicycError(f"could not write {output_path}: {exc.strerror or exc}.") from None
     info.update({"input": str(input_path), "output": str(written), "model": str(Path(model_path))})

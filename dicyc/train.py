@@ -18,6 +18,7 @@ Output folder of a run::
 
 import datetime
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -88,9 +89,15 @@ AUTO_KEEPS_FP32 = frozenset()
 def load_config_file(path):
     """Read a JSON config; unknown keys are refused (a typo must not be silently ignored)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DicycError(f"{path} does not exist.") from None
+    except IsADirectoryError:
+        raise DicycError(f"{path} is a folder, not a JSON file of training options.") from None
+    except OSError as exc:
+        raise DicycError(f"{path} cannot be read: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError:
+        raise DicycError(f"{path} is not a text file, so it cannot be a JSON file of training options.") from None
     except ValueError as exc:
         raise DicycError(f"{path} is not valid JSON ({exc}).") from None
     if not isinstance(data, dict):
@@ -110,6 +117,8 @@ def resolve_config(file_config=None, overrides=None):
     method = DEFAULT_CONFIG["method"]
     for source in sources:
         method = source.get("method") or method
+    if not isinstance(method, str):
+        raise DicycError(f"the training method must be a name (see `dicyc methods`); got {method!r}.")
     config = dict(DEFAULT_CONFIG)
     config.update(get_method(method).defaults)
     for source in sources:
@@ -121,37 +130,81 @@ def resolve_config(file_config=None, overrides=None):
         config.update(source)
     config["method"] = method
     for key, default in get_method(method).defaults.items():  # method options take their default's type
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and config[key] is not None:
-            kind = "an integer" if isinstance(default, int) else "a number"
+        if isinstance(default, int) and not isinstance(default, bool) and config[key] is not None:
+            config[key] = _as_int(key, config[key])
+        elif isinstance(default, float) and config[key] is not None:
             try:
-                config[key] = type(default)(config[key])
+                if isinstance(config[key], bool):
+                    raise TypeError
+                config[key] = float(config[key])
             except (TypeError, ValueError):
-                raise DicycError(f"training option {key} must be {kind}; got {config[key]!r}.") from None
+                raise DicycError(f"training option {key} must be a number; got {config[key]!r}.") from None
+        elif isinstance(default, str) and not isinstance(config[key], str):
+            raise DicycError(f"training option {key} must be text; got {config[key]!r}.")
     return validate_config(config)
 
 
+def _as_int(key, value):
+    """An option's whole number: 3, 3.0 or "3"; True, 2.5 or "x" are refused in one sentence."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, float) and not number.is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise DicycError(f"training option {key} must be an integer; got {value!r}.") from None
+
+
 def validate_config(config):
+    """Types and ranges of every option, refused in one sentence before anything is written or trained."""
     for key in _INT_KEYS:
-        try:
-            config[key] = int(config[key])
-        except (TypeError, ValueError):
-            raise DicycError(f"training option {key} must be an integer; got {config[key]!r}.") from None
+        config[key] = _as_int(key, config[key])
     for key in _FLOAT_KEYS:
         try:
+            if isinstance(config[key], bool):
+                raise TypeError
             config[key] = float(config[key])
         except (TypeError, ValueError):
             raise DicycError(f"training option {key} must be a number; got {config[key]!r}.") from None
+        if not math.isfinite(config[key]):
+            raise DicycError(f"training option {key} must be a finite number; got {config[key]!r}.")
+    # torch's Adam refuses these with a traceback, and a negative weight turns a loss into a reward
+    if not config["lr"] > 0:
+        raise DicycError(f"the learning rate (lr) must be positive; got {config['lr']!r}.")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= config[key] < 1.0:
+            raise DicycError(f"training option {key} must be at least 0 and below 1; got {config[key]!r}.")
+    for key, value in config.items():  # method options too: numbers finite, loss weights not negative
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DicycError(f"training option {key} must be a finite number; got {value!r}.")
+        if key.startswith("lambda_") and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise DicycError(f"training option {key} is a loss weight and must not be negative; got {value!r}.")
     for key in ("slice_size", "ngf", "n_blocks", "ndf", "batch_size", "checkpoint_every", "log_every", "max_epochs"):
         if config[key] < 1:
             raise DicycError(f"training option {key} must be at least 1; got {config[key]}.")
+    for key in ("position_offset", "pool_size", "constant_epochs", "patience_constant", "patience_decay", "decay_epochs"):
+        if config[key] < 0:
+            raise DicycError(f"training option {key} must not be negative; got {config[key]}.")
+    if not isinstance(config["augment"], bool):
+        raise DicycError(f"training option augment must be true or false; got {config['augment']!r}.")
+    for key in ("modality_a", "modality_b"):
+        if not isinstance(config[key], str) or not config[key].strip():
+            raise DicycError(f"training option {key} must be a modality name such as MR, T2 or CT; got {config[key]!r}.")
+    for key in ("name_a", "name_b", "cache_dir"):
+        if config[key] is not None and not isinstance(config[key], str):
+            raise DicycError(f"training option {key} must be text; got {config[key]!r}.")
+    if config["mr_normalization"] not in ("percentile", "meanstd"):
+        raise DicycError(f"mr_normalization must be percentile or meanstd; got {config['mr_normalization']!r}.")
     if config["slice_size"] % 4:
         raise DicycError(f"slice_size must be a multiple of 4 (two stride-2 stages); got {config['slice_size']}.")
     if config["iterations"] is not None:
-        config["iterations"] = int(config["iterations"])
+        config["iterations"] = _as_int("iterations", config["iterations"])
         if config["iterations"] < 1:
             raise DicycError(f"iterations must be at least 1; got {config['iterations']}.")
     if config["epoch_length"] is not None:
-        config["epoch_length"] = int(config["epoch_length"])
+        config["epoch_length"] = _as_int("epoch_length", config["epoch_length"])
         if config["epoch_length"] < 1:
             raise DicycError(f"epoch_length must be at least 1; got {config['epoch_length']}.")
     spacing = config["spacing"]
@@ -163,7 +216,7 @@ def validate_config(config):
         config["spacing"] = [float(s) for s in spacing]
     except (TypeError, ValueError):
         raise DicycError(f"spacing must be one or two numbers (mm); got {spacing!r}.") from None
-    if len(config["spacing"]) != 2 or min(config["spacing"]) <= 0:
+    if len(config["spacing"]) != 2 or not all(math.isfinite(s) and s > 0 for s in config["spacing"]):
         raise DicycError(f"spacing must be two positive in-plane values (mm); got {spacing!r}.")
     if config["sampling"] not in ("random", "same-patient", "position"):
         raise DicycError(f"sampling must be random, same-patient or position; got {config['sampling']!r}.")
@@ -325,6 +378,17 @@ class Distributed:
             n = g.numel()
             g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
+
+    def any_rank(self, flag):
+        """True on every rank when ``flag`` is true on any: ranks must agree to stop, or the others hang."""
+        if not self.enabled:
+            return bool(flag)
+        import torch
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def close(self):
         if self.enabled:
@@ -505,8 +569,9 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
     from dicyc.losses import ImagePool
     from dicyc.methods import get_method
     from dicyc.modelfile import save_model
+    from dicyc.atomic import prepare_folder, remove_stale_temporaries
     from dicyc.runlock import RunLock
-    from dicyc.samples import default_cache_dir
+    from dicyc.samples import cache_folder
     from dicyc.schedule import Schedule
 
     log = log or (lambda message: None)
@@ -514,20 +579,33 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
     ckpt_path = out_dir / "checkpoint.safetensors"
     dist = Distributed(resolve_device(device))
     dev = dist.device
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out_dir) if dist.is_main else None  # one trainer per run folder (re-entrant for the CLI)
-    if lock is not None:
-        try:
-            lock.acquire()
-        except DicycError:
-            dist.close()
-            raise
-    events = EventLog([out_dir / "events.jsonl", progress_jsonl] if dist.is_main else [])
+    lock, new_events_file = None, False
+    try:
+        if dist.is_main:
+            prepare_folder(out_dir, "run folder")
+            lock = RunLock(out_dir).acquire()  # one trainer per run folder (re-entrant for the CLI)
+            stale = remove_stale_temporaries(out_dir)  # a killed run's half-written temporary files
+            if stale:
+                log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}")
+        events_path = out_dir / "events.jsonl"
+        new_events_file = not events_path.exists()
+        events = EventLog([events_path, progress_jsonl] if dist.is_main else [])
+    except DicycError:
+        if lock is not None:
+            if not resume and not ckpt_path.exists():
+                _forget_refused_run(out_dir, new_events_file)
+            lock.release()
+        dist.close()
+        raise
     started = time.monotonic()
+    begun = False  # the "start" event is out: from then on a failure is a failed run, not a refusal
     try:
         recipe = get_method(config["method"])(config)
         paths_a, paths_b = list_volumes(a), list_volumes(b)
-        cache = Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_dir() / "slices"
+        if config.get("cache_dir"):
+            cache = prepare_folder(config["cache_dir"], "preprocessing cache folder")
+        else:
+            cache = cache_folder("slices")
         spacing, size = config["spacing"], config["slice_size"]
         log(f"preparing domain A ({config['name_a']}, {len(paths_a)} volume(s)) and B ({config['name_b']}, {len(paths_b)})")
         data_a = DomainData.prepare(paths_a, config["modality_a"], spacing, size, cache, log=log, mr_method=config["mr_normalization"])
@@ -592,6 +670,7 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
                     message=f"{recipe.name}: {len(paths_a)} {names[0]} and {len(paths_b)} {names[1]} volume(s) on {dev}"
                     f" in {precision.name}"
                     + (f", {dist.world_size} processes" if dist.enabled else ""))
+        begun = True
         bar = ProgressBar(total, label=recipe.name, enabled=show_progress if dist.is_main else False)
         run_start_it, run_start_t = iteration, time.monotonic()
         steps = recipe.steps()
@@ -606,6 +685,14 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
             ctx = {"real_a": real_a, "real_b": real_b, "pools": pools, "iteration": iteration}
             logged = run_iteration(steps, nets, groups, optimizers, ctx, lr, dist.average_gradients, precision)
             iteration += 1
+            diverged = sorted(k for k, v in logged.items() if not math.isfinite(v))
+            if dist.any_rank(diverged):  # stop before a NaN network reaches a checkpoint or a model file
+                what = (f"the {', '.join(diverged)} loss became {logged[diverged[0]]}" if diverged
+                        else "a loss became NaN or infinite in another process")
+                raise DicycError(
+                    f"training diverged at iteration {iteration}: {what}; the last checkpoint in {out_dir} is intact, "
+                    "so resume it with a lower learning rate (--lr)."
+                )
             for k, v in logged.items():
                 recent.setdefault(k, []).append(v)
                 epoch_losses.setdefault(k, []).append(v)
@@ -644,10 +731,12 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
                     message="stopped early: loss stopped improving" if stopped and iteration < total else "finished")
         return out_dir / "model.safetensors"
     except DicycError as exc:
-        events.emit("error", message=str(exc))
+        events.emit_quietly("error", message=str(exc))
+        if not begun and not resume and dist.is_main and not ckpt_path.exists():
+            _forget_refused_run(out_dir, new_events_file)
         raise
     except Exception as exc:  # a bug: still tell followers the run ended, then keep the traceback
-        events.emit("error", message=f"{type(exc).__name__}: {exc}")
+        events.emit_quietly("error", message=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         events.close()
@@ -656,40 +745,115 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
             lock.release()
 
 
-def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=False):
+def _forget_refused_run(out_dir, new_events_file):
+    """A new run refused before it began (bad data, a full cache) leaves no run behind.
+
+    ``config.json`` (written by :func:`prepare_run` for this run) and an ``events.jsonl`` this
+    call created are removed, so the folder does not look like a run that can be resumed or
+    followed; the error event still went to ``--progress-jsonl``.
+    """
+    names = ["config.json"] + (["events.jsonl"] if new_events_file else [])
+    for name in names:
+        try:
+            (Path(out_dir) / name).unlink()
+        except OSError:
+            pass
+
+
+def _read_saved_run(out_dir):
+    """The saved ``config.json`` of a run folder, refused in one sentence when missing or damaged."""
+    path = Path(out_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DicycError(f"{out_dir} holds a checkpoint but no config.json, so the run cannot be resumed.") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DicycError(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc}), so the run cannot be "
+                         "resumed.") from None
+    if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict) and saved.get("a") and saved.get("b")):
+        raise DicycError(f"{path} is not a DiCyc run configuration (config, a and b are needed to resume).")
+    return saved
+
+
+def checkpoint_progress(path):
+    """(iterations done, epochs done) recorded in a checkpoint, read from its header alone (no torch)."""
+    from dicyc.modelfile import check_safetensors_header
+
+    header = check_safetensors_header(path, what="training checkpoint")
+    try:
+        extra = json.loads((header.get("__metadata__") or {})["dicyc_checkpoint"])["extra"]
+        return int(extra["iteration"]), int(extra["epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise DicycError(f"{path} is a safetensors file but not a DiCyc training checkpoint.") from None
+
+
+def _show(value):
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=False, log=None):
     """Resolve the configuration of a new or resumed run and write ``config.json``.
 
     Returns (config, a, b). A new run refuses a folder that already holds a checkpoint (so no
-    work is overwritten by accident); a resumed run reads the saved configuration and data
-    specs, and refuses changes that would not fit the saved networks.
+    work is overwritten by accident). A resumed run starts from the saved configuration and data
+    specs; a ``config_file`` overrides them, and ``overrides`` given explicitly (not ``None``:
+    command-line flags) override both. Changes that would not fit the saved networks are
+    refused, and so is a schedule shorter than the work already done; every setting a resume
+    changes is logged and recorded in ``config.json`` (``resumes``).
     """
+    log = log or (lambda message: None)
     out_dir = Path(out_dir)
     saved_path = out_dir / "config.json"
-    overrides = dict(overrides or {})
+    explicit = {k: v for k, v in dict(overrides or {}).items() if v is not None}
     if method:
-        overrides["method"] = method
+        explicit["method"] = method
+    record = {}
     if resume:
-        if not (out_dir / "checkpoint.safetensors").exists():
+        ckpt = out_dir / "checkpoint.safetensors"
+        if not ckpt.exists():
             raise DicycError(f"{out_dir} holds no checkpoint to resume (checkpoint.safetensors is missing).")
-        saved = json.loads(saved_path.read_text())
-        config = saved["config"]
+        saved = _read_saved_run(out_dir)
+        old = saved["config"]
         file_config = load_config_file(config_file) if config_file else {}
-        config.setdefault("precision", "fp32")  # runs from before the option trained in fp32
-        for key, value in list(file_config.items()) + list(overrides.items()):
-            if value is not None and key in FROZEN_ON_RESUME and value != config.get(key):
-                raise DicycError(f"{key} cannot change when resuming (the run was trained with {config.get(key)!r}).")
-        config = resolve_config(config, {**file_config, **overrides})
+        old = dict(old)
+        old.setdefault("precision", "fp32")  # runs from before the precision option trained in fp32
+        changes = {**file_config, **explicit}  # flags given beat the file, the file beats the saved run
+        if "max_epochs" in changes and "iterations" not in changes and old.get("iterations") is not None:
+            raise DicycError(f"this run counts iterations ({old['iterations']}), so an epoch limit would be ignored; "
+                             "give the new length as iterations instead.")
+        config = resolve_config(old, changes)
+        for key in FROZEN_ON_RESUME:
+            if key in old and config.get(key) != old.get(key):
+                raise DicycError(f"{key} cannot change when resuming (the run was trained with {old.get(key)!r}).")
+        done, epochs = checkpoint_progress(ckpt)
+        if config["iterations"] is not None and config["iterations"] < done:
+            raise DicycError(f"iterations {config['iterations']} is below the {done} iterations this run has already "
+                             f"done; give at least {done} to resume it.")
+        if config["iterations"] is None and config["max_epochs"] < epochs:
+            raise DicycError(f"max_epochs {config['max_epochs']} is below the {epochs} epochs this run has already "
+                             f"done; give at least {epochs} to resume it.")
         a = a or saved["a"]
         b = b or saved["b"]
+        changed = {key: [old.get(key), config[key]] for key in config if old.get(key) != config[key]}
+        for key, (before, after) in changed.items():
+            log(f"resuming with {key} {_show(after)} (was {_show(before)})")
+        record = {"resumes": list(saved.get("resumes", []))}
+        if changed:
+            record["resumes"].append({"iteration": done, "changed": changed})
     else:
         if (out_dir / "checkpoint.safetensors").exists():
             raise DicycError(f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out.")
         if not a or not b:
             raise DicycError("training needs both --a and --b (volumes of the two domains).")
         file_config = load_config_file(config_file) if config_file else {}
-        config = resolve_config(file_config, overrides)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        config = resolve_config(file_config, explicit)
+    from dicyc.atomic import prepare_folder
+
+    prepare_folder(out_dir, "run folder")
     norm = lambda spec: [str(Path(s).resolve()) for s in spec] if isinstance(spec, (list, tuple)) else str(Path(spec).resolve())
     a, b = norm(a), norm(b)
-    write_text(saved_path, json.dumps({"config": config, "a": a, "b": b}, indent=2))
+    if resume and (a, b) != (saved["a"], saved["b"]):
+        log("resuming with other training volumes than the run started with")
+        record.setdefault("resumes", []).append({"iteration": done, "changed": {"a": [saved["a"], a], "b": [saved["b"], b]}})
+    write_text(saved_path, json.dumps({"config": config, "a": a, "b": b, **record}, indent=2))
     return config, a, b

@@ -218,7 +218,7 @@ def compare_volumes(
     "window" across modalities and "raw" otherwise.
     """
     from dicyc import modality as modality_rules
-    from dicyc.atomic import write_bytes, write_text
+    from dicyc.atomic import atomic_group, check_writable, write_bytes, write_text
     from dicyc.metrics import compute_metrics
     from dicyc.preprocess import resample_to_grid
     from dicyc.volume import write_volume
@@ -240,6 +240,7 @@ def compare_volumes(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DicycError(f"{out_dir} exists and is not a folder; give a folder for the comparison files.")
+    check_writable(out_dir, "output folder")
     check_not_constant(a_vol, a_name)
     check_not_constant(b_vol, b_name)
     if mask is not None:
@@ -323,18 +324,18 @@ def compare_volumes(
     )
     metrics_text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
 
-    # ---- write (each atomically)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # ---- write: all four files are written and checked, then published together (or none is)
     paths = {
         "checkerboard": out_dir / CHECKERBOARD_NAME,
         "error": out_dir / ERROR_NAME,
         "montage": out_dir / MONTAGE_NAME,
         "metrics": out_dir / METRICS_NAME,
     }
-    write_volume(a_vol.with_array(board), paths["checkerboard"])
-    write_volume(a_vol.with_array(error.astype(np.float32, copy=False)), paths["error"])
-    write_bytes(paths["montage"], png)
-    write_text(paths["metrics"], metrics_text)
+    with atomic_group(paths) as tmp:
+        write_volume(a_vol.with_array(board), tmp["checkerboard"])
+        write_volume(a_vol.with_array(error.astype(np.float32, copy=False)), tmp["error"])
+        write_bytes(tmp["montage"], png)
+        write_text(tmp["metrics"], metrics_text)
     return paths
 
 

@@ -11,6 +11,7 @@ A synthetic volume must overlay its input voxel for voxel, so every function tha
 volume from another keeps this geometry exactly, and every write is atomic.
 """
 
+import glob
 import os
 import re
 import warnings
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dicyc.atomic import atomic_path
 from dicyc.errors import DicycError
 
 #: File extensions written through SimpleITK, lower case.
@@ -192,16 +192,76 @@ def _to_3d(image, path, allow_2d):
     return image
 
 
+def _itk_call(call):
+    """Run a SimpleITK call with ITK's raw messages captured: (result or None, RuntimeError or None, text)."""
+    from dicyc.itklog import itk_messages, text
+
+    with itk_messages() as captured:
+        try:
+            result, error = call(), None
+        except RuntimeError as exc:
+            result, error = None, exc
+    return result, error, text(captured)
+
+
+#: What ITK says about a file, said in our words (matched on ITK's message; None: not worth a word).
+_READ_NOTES = (
+    ("unexpected scales in sform", "its NIfTI sform matrix is not a rotation with spacing, so the geometry comes "
+                                   "from its qform instead (as ITK reads it); check the volume's orientation"),
+    ("non uniform sampling", None),  # DICOM series spacing: checked by _check_series_spacing
+)
+
+
+def _relay_reader_messages(path, said):
+    """Turn what the reader printed into at most one warning of ours, naming the file."""
+    from dicyc.itklog import summary
+
+    if not said.strip():
+        return
+    lowered = said.lower()
+    for key, note in _READ_NOTES:
+        if key in lowered:
+            if note:
+                warnings.warn(f"{_display(path)}: {note}.", stacklevel=3)
+            return
+    line = summary(said)
+    if line:
+        warnings.warn(f"{_display(path)}: the image reader noted: {line}.", stacklevel=3)
+
+
+def _looks_like_dicom(path):
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
 def _read_dicom_folder(folder):
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    series, error, said = _itk_call(lambda: reader.GetGDCMSeriesIDs(str(folder)) or ())
+    series = series or ()
     if not series:
         names = [p for p in Path(folder).iterdir() if not p.name.startswith(".")] if Path(folder).is_dir() else []
         if not names:
             raise DicycError(f"{_display(folder)} is an empty folder; give an image file or a DICOM series folder.")
         raise DicycError(f"{_display(folder)} is a folder with no DICOM series in it.")
-    files_per_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
+    files_per_series = {}
+    for sid in series:
+        files, _, _ = _itk_call(lambda sid=sid: reader.GetGDCMSeriesFileNames(str(folder), sid))
+        files_per_series[sid] = tuple(files or ())
+    # GDCM leaves a file it cannot parse out of every series without a word: a truncated slice
+    # would silently vanish from the volume. Refuse instead, naming it.
+    listed = {os.path.abspath(f) for files in files_per_series.values() for f in files}
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR" and _looks_like_dicom(p):
+            if os.path.abspath(p) not in listed:
+                raise DicycError(
+                    f"{_display(p)} in the DICOM series folder {_display(folder)} is not a readable DICOM image "
+                    "(truncated or damaged), so the series would be read without it; repair or remove it."
+                )
     sid = max(files_per_series, key=lambda s: len(files_per_series[s]))
     if len(series) > 1:
         warnings.warn(
@@ -210,7 +270,43 @@ def _read_dicom_folder(folder):
             stacklevel=3,
         )
     reader.SetFileNames(files_per_series[sid])
-    return reader.Execute()
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image, error, said = _itk_call(reader.Execute)
+    if error is not None:
+        from dicyc.itklog import clean_exception
+
+        raise DicycError(f"{_display(folder)} holds a DICOM series that cannot be read ({clean_exception(error)}).")
+    _check_series_spacing(folder, reader, image, len(files_per_series[sid]))
+    _relay_reader_messages(folder, said)
+    return image
+
+
+#: A DICOM series whose slice gaps differ from their mean by more than this fraction is refused.
+SERIES_GAP_TOLERANCE = 0.1
+
+
+def _check_series_spacing(folder, reader, image, n):
+    """Refuse a series with a missing, damaged or doubled slice: ITK would spread the gap evenly."""
+    if n < 3:
+        return
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    positions = []
+    for i in range(n):
+        try:
+            values = [float(v) for v in reader.GetMetaData(i, "0020|0032").replace(",", "\\").split("\\")]
+        except (RuntimeError, ValueError):
+            return  # no positions (e.g. secondary captures): nothing to check against
+        if len(values) != 3:
+            return
+        positions.append(float(np.dot(values, normal)))
+    gaps = np.abs(np.diff(np.sort(positions)))
+    mean = float(gaps.mean())
+    if mean <= 0 or float(np.abs(gaps - mean).max()) > SERIES_GAP_TOLERANCE * mean:
+        worst = float(gaps.max()) if mean > 0 else 0.0
+        raise DicycError(
+            f"{_display(folder)} is not an evenly spaced DICOM series (slice gaps from {gaps.min():.4g} to "
+            f"{worst:.4g} mm), so a slice is missing, damaged or repeated; the volume would be distorted."
+        )
 
 
 def _slice_thickness(image):
@@ -222,12 +318,28 @@ def _slice_thickness(image):
     return value if value > 0 else None
 
 
+def check_complete(path):
+    """Refuse (one sentence) an image file whose voxel data are cut short or damaged.
+
+    ITK's NIfTI reader fills a truncated file's missing voxels with 0 without a word, so the
+    check reads the file's own header and data stream (:mod:`dicyc.imagecheck`).
+    """
+    from dicyc.imagecheck import IncompleteImage, check_image_file
+
+    try:
+        check_image_file(path)
+    except IncompleteImage as exc:
+        raise DicycError(f"{_display(path)} is incomplete: {exc}.") from None
+    except OSError as exc:
+        raise DicycError(f"{_display(path)} cannot be read: {exc.strerror or exc}.") from None
+
+
 def read_volume(path, allow_2d=False, check_finite=True):
     """Read a 3-D volume from NIfTI, NRRD, MHA/MHD, a single DICOM file or a DICOM series folder.
 
     Raises :class:`DicycError` with one sentence naming the file for anything unusable:
-    a missing path, a non-image file, 4-D or (unless ``allow_2d``) 2-D data, colour images,
-    empty volumes and NaN/Inf voxels.
+    a missing path, a non-image file, a truncated or damaged file, 4-D or (unless
+    ``allow_2d``) 2-D data, colour images, empty volumes and NaN/Inf voxels.
     """
     sitk = _sitk()
     path = Path(path)
@@ -236,14 +348,22 @@ def read_volume(path, allow_2d=False, check_finite=True):
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise DicycError(f"{_display(path)} cannot be read: {exc.strerror or exc}.") from None
         if path.stat().st_size == 0:
             raise DicycError(f"{_display(path)} is an empty file, not an image.")
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError:
+        check_complete(path)
+        if str(path).lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_header(path)
+        image, error, said = _itk_call(lambda: sitk.ReadImage(str(path)))
+        if error is not None:
             raise DicycError(
                 f"{_display(path)} is not an image file DiCyc can read (NIfTI, NRRD, MHA/MHD, DICOM or PNG)."
-            ) from None
+            )
+        _relay_reader_messages(path, said)
     image = _reduce_components(image, path)
     image = _to_3d(image, path, allow_2d)
     if min(image.GetSize()) == 0:
@@ -262,11 +382,49 @@ def read_volume(path, allow_2d=False, check_finite=True):
     return volume
 
 
-def _check_nifti_finite(path):
-    """ITK's NIfTI reader silently turns NaN and Inf into 0, so look at the raw data with nibabel."""
+def _nibabel_load(path):
+    """``nibabel.load`` with nibabel's own log lines ("pixdim[1,2,3] should be non-zero") kept off the terminal."""
+    import logging
+
     import nibabel
 
-    image = nibabel.load(str(path))
+    logger = logging.getLogger("nibabel")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return nibabel.load(str(path))
+    finally:
+        logger.setLevel(level)
+
+
+def _check_nifti_header(path):
+    """Refuse a NIfTI whose geometry comes from a voxel size (pixdim) of zero or not a number.
+
+    Without an sform matrix the voxel size is pixdim alone, and ITK (and nibabel) quietly read a
+    zero or NaN there as 1 mm: every distance, overlay and resampling of the volume would then be
+    wrong without a word.
+    """
+    from dicyc.imagecheck import nifti_header
+
+    header = nifti_header(path)
+    if header is None:
+        return  # not a NIfTI header nibabel can parse: ITK's reader gives the refusal
+    try:
+        ndim = min(int(header["dim"][0]), 3)
+        pixdim = [float(v) for v in header["pixdim"][1 : ndim + 1]]
+        has_sform = int(header["sform_code"]) > 0
+    except (TypeError, ValueError, KeyError):
+        return
+    if not has_sform and not all(np.isfinite(v) and v != 0 for v in pixdim):
+        raise DicycError(
+            f"{_display(path)} has an invalid voxel size in its header (pixdim {', '.join(f'{v:g}' for v in pixdim)}), "
+            "so its geometry is unknown."
+        )
+
+
+def _check_nifti_finite(path):
+    """ITK's NIfTI reader silently turns NaN and Inf into 0, so look at the raw data with nibabel."""
+    image = _nibabel_load(path)
     if not np.issubdtype(image.get_data_dtype(), np.floating):
         return
     data = np.asanyarray(image.dataobj)
@@ -294,8 +452,11 @@ def check_not_constant(volume, name):
 def read_mask(path, reference, reference_name="the reference"):
     """Read a mask (label map, any non-zero voxel counts) onto ``reference``'s grid.
 
-    A mask on another grid is resampled with nearest-neighbour interpolation. Refuses a mask
-    with no voxels, one that does not overlap the reference, or one left empty after resampling.
+    A mask on another grid is resampled with nearest-neighbour interpolation, and reference
+    voxels outside the mask's own extent are outside the mask (padding with 0: padding with the
+    mask's minimum made a cropped all-ones ROI select the whole reference). Refuses a mask with
+    no voxels, one that does not overlap the reference, one left empty after resampling, and
+    one that would cover voxels beyond its own extent (an artefact of resampling).
     """
     from dicyc.preprocess import resample_to_grid
 
@@ -305,11 +466,28 @@ def read_mask(path, reference, reference_name="the reference"):
     if not mask.same_grid(reference):
         if not mask.overlaps(reference):
             raise DicycError(f"{_display(path)} lies entirely outside {reference_name}: the mask and the volume do not overlap.")
-        mask = resample_to_grid(mask.with_array((mask.array != 0).astype(np.uint8)), reference, interpolation="nearest")
-    out = mask.array != 0
+        resampled = resample_to_grid(mask.with_array((mask.array != 0).astype(np.uint8)), reference,
+                                     interpolation="nearest", default_value=0)
+        out = resampled.array != 0
+        if out.all() and not _covers(mask, reference):
+            raise DicycError(
+                f"{_display(path)} covers all of {reference_name} only as an artefact of resampling it onto that grid: "
+                "the mask does not extend over the whole volume."
+            )
+    else:
+        out = mask.array != 0
     if not out.any():
         raise DicycError(f"{_display(path)} has no mask voxels inside {reference_name}.")
     return out
+
+
+def _covers(mask, reference):
+    """True where every voxel centre of ``reference`` lies inside ``mask``'s grid (half a voxel of slack)."""
+    inverse = np.linalg.inv(mask.ijk_to_lps())
+    corners = reference.corners_lps()
+    ijk = (inverse @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
+    upper = np.array(mask.size, dtype=float) - 0.5
+    return bool(np.all(ijk >= -0.5 - 1e-6) and np.all(ijk <= upper + 1e-6))
 
 
 # ===================================================================== writing
@@ -327,23 +505,97 @@ def volume_format(path):
     )
 
 
-def write_volume(volume, path, modality=None):
+#: Files of a DICOM series written by :func:`write_volume` (and nothing else may be in its folder).
+DICOM_SLICE_NAME = re.compile(r"^slice_\d{5}\.dcm$")
+DICOM_PATIENT_NAME = "DiCyc^Export"
+
+
+def is_dicyc_series(folder):
+    """True where ``folder`` holds exactly a DICOM series that DiCyc wrote (so replacing it loses nothing else)."""
+    folder = Path(folder)
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return False
+    if not entries or not all(p.is_file() and DICOM_SLICE_NAME.match(p.name) for p in entries):
+        return False
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(entries[0]))
+    _, error, _ = _itk_call(reader.ReadImageInformation)
+    if error is not None:
+        return False
+    try:
+        return reader.GetMetaData("0010|0010").strip() == DICOM_PATIENT_NAME
+    except RuntimeError:
+        return False
+
+
+def check_output_path(path, overwrite=False, what="output"):
+    """Refuse now (one sentence) an output path that cannot or must not be written.
+
+    Called before minutes of work: a folder with the user's files in it is never replaced by a
+    DICOM series unless ``overwrite`` (only a series DiCyc wrote, or an empty folder, is), an
+    image file name that is an existing folder is refused, and the folder must be writable.
+    """
+    from dicyc.atomic import check_writable
+
+    fmt = volume_format(path)
+    path = Path(str(path).rstrip(os.sep))
+    if fmt == "dicom-folder":
+        if path.is_file() and not overwrite:
+            raise DicycError(
+                f"{_display(path)} is an existing file; a name without an extension is written as a DICOM series "
+                "folder, so choose another name (or allow overwriting it with --overwrite)."
+            )
+        if path.is_dir() and any(path.iterdir()) and not overwrite and not is_dicyc_series(path):
+            first = sorted(p.name for p in path.iterdir())[0]
+            raise DicycError(
+                f"{_display(path)} is an existing folder holding files that are not a DICOM series written by DiCyc "
+                f"(such as {first}); choose another {what}, or pass --overwrite to replace the folder and all its files."
+            )
+    elif path.is_dir():
+        raise DicycError(f"{_display(path)} is a folder; give a file name for the {what} (e.g. {path.name or 'out'}.nii.gz).")
+    check_writable(path.parent, target=path)
+    return fmt
+
+
+def _itk_write(call, target, needed):
+    """Run a SimpleITK write; a raised error or one only printed (niftilib's short write) becomes one sentence."""
+    from dicyc.atomic import write_error
+    from dicyc.itklog import clean_exception, has_error, summary
+
+    _, error, said = _itk_call(call)
+    if error is not None:
+        raise write_error(target, error, detail=clean_exception(error), needed=needed)
+    if has_error(said):
+        raise write_error(target, detail=summary(said) or "the image writer reported an error", needed=needed)
+
+
+def write_volume(volume, path, modality=None, overwrite=False):
     """Write ``volume`` atomically to ``path``; the format follows the extension.
 
-    A path without an extension becomes a DICOM series folder (one file per slice). DICOM
-    stores integers: integer-valued data within int16 are stored exactly, anything else with a
-    rescale slope/intercept (DICOM's own way of storing real values).
+    A path without an extension becomes a DICOM series folder (one file per slice); an existing
+    folder there is replaced only if it is a series DiCyc wrote, is empty, or ``overwrite``.
+    DICOM stores integers: integer-valued data within int16 are stored exactly, anything else
+    with a rescale slope/intercept (DICOM's own way of storing real values).
 
     ``modality`` (e.g. "CT", "MR", "T2"), where given, is recorded in the file so that later
     comparisons know what it holds without guessing (:func:`read_modality`): see
     :func:`modality_note` for where each format keeps it.
+
+    Every file is checked before it is published (all the voxel bytes its header announces are
+    on disk); a failure, such as a full disk, raises :class:`DicycError` ("could not write …: no
+    space left on …"), leaves no temporary file and leaves an existing ``path`` untouched.
     """
+    from dicyc.atomic import atomic_path, verify_file
+
     sitk = _sitk()
     fmt = volume_format(path)
     note = modality_note(modality) if modality else None  # a bad name fails before anything is written
     path = Path(str(path).rstrip(os.sep))
     if fmt == "dicom-folder":
-        _write_dicom_series(volume, path, modality=modality)
+        _write_dicom_series(volume, path, modality=modality, overwrite=overwrite)
         return path
     if fmt == ".dcm" and volume.shape[0] != 1:
         raise DicycError(
@@ -351,17 +603,30 @@ def write_volume(volume, path, modality=None):
             f"{volume.shape[0]}-slice DICOM series."
         )
     if fmt == ".dcm":
-        _write_dicom_series(volume, path, single_file=True, modality=modality)
+        _write_dicom_series(volume, path, single_file=True, modality=modality, overwrite=overwrite)
         return path
     image = volume.to_sitk()
     if note:
         image.SetMetaData(FILE_NOTES_KEY, note)
-    with atomic_path(path) as tmp:
-        # .mhd/.nhdr write a second (raw) data file named after the header: write both under the
-        # temporary name, then rename the data file too.
-        sitk.WriteImage(image, str(tmp), useCompression=fmt in (".nii.gz", ".nrrd", ".mha"))
-        if fmt in (".mhd", ".nhdr"):
-            _publish_detached_data(tmp, path, fmt)
+    needed = int(volume.array.nbytes)
+    with atomic_path(path, verify=False, needed=needed) as tmp:
+        tmp_stem = tmp.name[: -len(fmt)]
+        try:
+            # .mhd/.nhdr write a second (raw) data file named after the header: write both under the
+            # temporary name, check them, then publish the data file under the final name too.
+            _itk_write(lambda: sitk.WriteImage(image, str(tmp), useCompression=fmt in (".nii.gz", ".nrrd", ".mha")),
+                       path, needed)
+            del image
+            verify_file(tmp, path)
+            if fmt in (".mhd", ".nhdr"):
+                _publish_detached_data(tmp, path, fmt)
+        finally:
+            for leftover in tmp.parent.glob(glob.escape(tmp_stem) + ".*"):
+                if leftover != tmp:
+                    try:
+                        leftover.unlink()
+                    except OSError:
+                        pass
     return path
 
 
@@ -466,11 +731,15 @@ def record_modality(path, modality):
 
 
 def _publish_detached_data(tmp, path, fmt):
-    """Rename the raw data file of a detached header and point the header at the final name."""
+    """Point the temporary header at the final data file name, then rename the data file there.
+
+    The header is rewritten first, so a failure (a full disk) leaves only temporary files; the
+    header itself is published by the caller's atomic rename right after the data file.
+    """
     tmp = Path(tmp)
     key = "ElementDataFile" if fmt == ".mhd" else "data file"
     lines = tmp.read_text().splitlines()
-    out = []
+    out, moves = [], []
     for line in lines:
         stripped = line.split("=" if fmt == ".mhd" else ":", 1)
         if len(stripped) == 2 and stripped[0].strip().lower() == key.lower():
@@ -478,11 +747,19 @@ def _publish_detached_data(tmp, path, fmt):
             data_tmp = tmp.parent / data_name
             data_ext = data_name[len(tmp.name) - len(fmt):] if data_name.startswith(tmp.name[: -len(fmt)]) else Path(data_name).suffix
             final_data = path.parent / (path.name[: -len(fmt)] + data_ext)
-            os.replace(data_tmp, final_data)
+            moves.append((data_tmp, final_data))
             sep = " = " if fmt == ".mhd" else ": "
             line = f"{stripped[0].strip()}{sep}{final_data.name}"
         out.append(line)
-    tmp.write_text("\n".join(out) + "\n")
+    text = "\n".join(out) + "\n"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    for data_tmp, final_data in moves:
+        with open(data_tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(data_tmp, final_data)
 
 
 def _dicom_storage(array):
@@ -501,26 +778,42 @@ def _dicom_storage(array):
     return arr, slope, intercept
 
 
-def _write_dicom_series(volume, path, single_file=False, modality=None):
+def _write_dicom_series(volume, path, single_file=False, modality=None, overwrite=False):
     """Write a DICOM series (one file per slice) with positions, orientation and spacing.
+
+    The slices are written into a staging folder beside the target, each checked on disk, then
+    the folder is renamed into place (the old one moved aside first and removed last). GDCM
+    says "DICOM does not support this component type" when the disk is full: any writer error
+    is diagnosed here (full disk, read-only place) before its own words are used.
 
     ``modality`` sets the Modality tag (CT, or MR for any MR weighting; OT when unknown) and a
     SeriesDescription carrying :func:`modality_note`, which keeps the weighting.
     """
+    import shutil
     import tempfile
     import time
 
+    from dicyc.atomic import prepare_folder, write_error
+
     sitk = _sitk()
+    target = Path(path)
+    if not single_file:
+        check_output_path(target, overwrite=overwrite)
+    elif target.is_dir():
+        raise DicycError(f"could not write {_display(target)}: it is a folder.")
     stored, slope, intercept = _dicom_storage(volume.array)
     d = volume.direction
     orientation = "\\".join(f"{v:.10g}" for v in (*d[:, 0], *d[:, 1]))
     uid_root = "1.2.826.0.1.3680043.2.1125." + str(int(time.time() * 1000) % 10**12)
     study_uid, series_uid, frame_uid = uid_root + ".1", uid_root + ".2", uid_root + ".3"
     base = stored
-    target = Path(path)
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    parent = prepare_folder(target.parent, "output folder")
+    slice_bytes = int(base.shape[1] * base.shape[2] * 2)
+    needed = slice_bytes * base.shape[0]
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    except OSError as exc:
+        raise write_error(target, exc, needed=needed) from None
     try:
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
@@ -531,7 +824,7 @@ def _write_dicom_series(volume, path, single_file=False, modality=None):
             pos = m @ np.array([0.0, 0.0, k, 1.0])
             tags = {
                 "0008|0060": ("CT" if str(modality).upper() == "CT" else "MR") if modality else "OT",
-                "0010|0010": "DiCyc^Export",
+                "0010|0010": DICOM_PATIENT_NAME,
                 "0020|000d": study_uid,
                 "0020|000e": series_uid,
                 "0020|0052": frame_uid,
@@ -553,17 +846,38 @@ def _write_dicom_series(volume, path, single_file=False, modality=None):
                 sl.SetMetaData(key, value)
             name = staging / (target.name if single_file else f"slice_{k:05d}.dcm")
             writer.SetFileName(str(name))
-            writer.Execute(sl)
-        if single_file:
-            os.replace(staging / target.name, target)
-        else:
-            if target.exists():
-                import shutil
-
-                shutil.rmtree(target)
-            os.replace(staging, target)
+            _itk_write(lambda: writer.Execute(sl), target, needed)
+            try:
+                size = name.stat().st_size
+            except OSError as exc:
+                raise write_error(target, exc, needed=needed) from None
+            if size < slice_bytes:
+                raise write_error(target, detail=f"slice {k} holds {size} bytes, less than its {slice_bytes} bytes of "
+                                                 "pixel data", needed=needed)
+        try:
+            for name in staging.iterdir():
+                with open(name, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            if single_file:
+                os.replace(staging / target.name, target)
+            else:
+                aside = None
+                if target.exists():  # checked above: ours, empty, or overwrite allowed
+                    aside = parent / f".{target.name}.old-{os.getpid()}-{int(time.time() * 1000) % 10**9}"
+                    os.replace(target, aside)
+                try:
+                    os.replace(staging, target)
+                except OSError:
+                    if aside is not None:
+                        os.replace(aside, target)
+                    raise
+                if aside is not None:
+                    if aside.is_dir():
+                        shutil.rmtree(aside, ignore_errors=True)
+                    else:
+                        aside.unlink()
+        except OSError as exc:
+            raise write_error(target, exc, needed=needed) from None
     finally:
         if staging.exists():
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
