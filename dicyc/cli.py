@@ -404,7 +404,6 @@ def _cmd_synthesize(args):
                                precision=args.precision, batch=args.batch, views=views, progress=progress,
                                expect_target=args.target, mask_background=not args.keep_background,
                                overwrite=args.overwrite)
-        _record_target_modality(args.model, args.direction, info.get("output", args.output))
     except KeyboardInterrupt:
         events.emit_quietly("error", message="interrupted.")
         events.close()
@@ -422,30 +421,6 @@ def _cmd_synthesize(args):
          f"({info.get('seconds', 0):.1f} s)")
     print(args.output)
     return 0
-
-
-def _record_target_modality(model_path, direction, output):
-    """Write the model card's target modality into the synthetic volume's header.
-
-    Why: a later ``dicyc compare``/``evaluate`` of the synthetic CT against its source MR must
-    know it holds CT to choose measures valid across modalities, and a header survives copying
-    where a side file would not (:func:`dicyc.volume.record_modality`). The synthesis writes its
-    output without it, so the file is written once more with the note (a small fraction of the
-    synthesis time); where the writer already records it, this is one header read.
-    """
-    from dicyc.modelfile import read_card
-    from dicyc.volume import record_modality
-
-    domains = (read_card(model_path) or {}).get("domains") or {}
-    target = (domains.get("b" if direction == "a2b" else "a") or {}).get("modality")
-    if not target:
-        return
-    try:
-        record_modality(output, target)
-    except DicycError as exc:  # a card modality no header can hold: the synthesis itself is fine
-        warnings.warn(f"the modality was not recorded in {output}: {exc}", stacklevel=2)
-    except OSError as exc:
-        raise DicycError(f"could not record the modality in {output}: {exc.strerror or exc}.") from None
 
 
 def _positive_int(text):

@@ -78,6 +78,19 @@ def _check_options(precision, batch, views):
     return views
 
 
+def _recordable_modality(name):
+    """``name`` if a file header can hold it (:func:`dicyc.volume.modality_note`), else None."""
+    from dicyc.volume import modality_note
+
+    if not name:
+        return None
+    try:
+        modality_note(name)
+    except DicycError:
+        return None
+    return name
+
+
 def _domains(model, direction):
     """(source domain dict, target domain dict) of the card for ``direction``."""
     name = _model_name(model)
@@ -799,8 +812,11 @@ def synthesize_file(model_path, input_path, output_path, direction="a2b", device
         progress=progress, mask_background=mask_background, name=str(input_path),
     )
     del volume
+    # the target modality goes into the file's header, so a later compare/evaluate against the
+    # source knows the two are different modalities (dicyc.modality)
+    target = (_domains(model, direction)[1] or {}).get("modality")
     try:
-        written = write_volume(synthetic, output_path, overwrite=overwrite)
+        written = write_volume(synthetic, output_path, modality=_recordable_modality(target), overwrite=overwrite)
     except OSError as exc:
         raise DicycError(f"could not write {output_path}: {exc.strerror or exc}.") from None
     info.update({"input": str(input_path), "output": str(written), "model": str(Path(model_path))})
