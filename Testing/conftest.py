@@ -17,7 +17,7 @@ def run_dicyc():
         return subprocess.run(
             [sys.executable, "-m", "dicyc", *map(str, args)],
             capture_output=True,
-            text=True, encoding="utf-8",
+            encoding="utf-8", errors="replace",
             timeout=timeout,
             env=full_env,
         )

@@ -325,7 +325,7 @@ def test_killing_the_parent_of_a_background_training_ends_the_training(tmp_path,
     env = dict(os.environ, DICYC_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     with _Subreaper() as reaper:
         slicer = subprocess.Popen([sys.executable, "-c", SLICER_STAND_IN, json.dumps(command)],
-                                  stdout=subprocess.PIPE, text=True, env=env)
+                                  stdout=subprocess.PIPE, encoding="utf-8", errors="replace", env=env)
         child = int(slicer.stdout.readline())
         deadline = time.monotonic() + 180
         while not is_locked(out):  # the trainer is past start-up and holds its run folder
@@ -367,7 +367,7 @@ def test_the_watchdog_alone_ends_a_child_whose_parent_is_not_its_direct_parent()
     watcher = subprocess.Popen(
         [sys.executable, "-c", "import time; from dicyc.background import end_with_parent; "
          "end_with_parent(interval=0.1); print('watching', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace", env=env)
     try:
         assert watcher.stdout.readline().strip() == "watching"
         time.sleep(0.3)

@@ -171,5 +171,7 @@ def test_readme_tables_are_made_from_the_json(tiny_result, tmp_path, capsys):
     spec.loader.exec_module(module)
     assert module.main([str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("| `cyclegan` |") == 4 and out.count("| `dicyc` |") == 4  # 2 settings x 2 directions each
+    table = module.results_table(result)
+    assert table in out
+    assert table.count("| `cyclegan` |") == 4 and table.count("| `dicyc` |") == 4  # 2 settings x 2 directions each
     assert "best baseline" in out and "deformed pass" in out

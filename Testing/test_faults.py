@@ -33,7 +33,7 @@ TINY = ["--method", "cyclegan", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "
 @contextlib.contextmanager
 def _tmpfs(path, options):
     path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, encoding="utf-8", errors="replace")
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
     try:

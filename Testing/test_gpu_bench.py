@@ -19,7 +19,7 @@ def test_gpu_script_runs_every_part_on_cpu_tiny(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", DICYC_CACHE=str(tmp_path / "cache"),
                DICYC_PROBE_CACHE="0")
     r = subprocess.run(["bash", str(REPO / "tools" / "gpu-bench.sh"), "--tiny", "--device", "cpu", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600, env=env)
+                       capture_output=True, encoding="utf-8", errors="replace", timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (out / "errors.json").exists()
     machine = json.loads((out / "machine.json").read_text())
@@ -50,5 +50,5 @@ def test_missing_gpu_is_one_sentence(tmp_path):
         pytest.skip("this machine has a GPU")
     env = dict(os.environ, PYTHON=sys.executable)
     r = subprocess.run(["bash", str(REPO / "tools" / "gpu-bench.sh"), "--out", str(tmp_path)], capture_output=True,
-                       text=True, timeout=120, env=env)
+                       encoding="utf-8", errors="replace", timeout=120, env=env)
     assert r.returncode == 1 and "no usable CUDA GPU" in r.stderr and "Traceback" not in r.stderr

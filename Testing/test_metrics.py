@@ -377,7 +377,7 @@ def pair_files(tmp_path_factory):
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
-        [sys.executable, "-m", "dicyc", "evaluate", *args], capture_output=True, text=True, encoding="utf-8", cwd=str(REPO), env=env,
+        [sys.executable, "-m", "dicyc", "evaluate", *args], capture_output=True, encoding="utf-8", errors="replace", cwd=str(REPO), env=env,
         timeout=120,
     )
 

@@ -94,7 +94,7 @@ def test_read_card_needs_no_torch(tmp_path, gens):
         "assert 'torch' not in sys.modules and 'safetensors' not in sys.modules, 'heavy import'; "
         "print(c['domains']['b']['modality'])"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "CT"
 

@@ -22,7 +22,7 @@ time.sleep(60)
 
 def _holder(folder):
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, encoding="utf-8", errors="replace")
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -47,7 +47,7 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
     assert not is_locked(tmp_path)  # our own hold does not count as "another training"
     inner.release()
     proc = subprocess.run([sys.executable, "-c", "import sys; from dicyc.runlock import is_locked; "
-                           "print(is_locked(sys.argv[1]))", str(tmp_path)], capture_output=True, text=True)
+                           "print(is_locked(sys.argv[1]))", str(tmp_path)], capture_output=True, encoding="utf-8", errors="replace")
     assert proc.stdout.strip() == "True"  # still held by the outer acquire
     outer.release()
     assert not is_locked(tmp_path)

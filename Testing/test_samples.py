@@ -165,7 +165,7 @@ def test_dir_option_puts_samples_elsewhere(prepared, tmp_path):
 
 # --------------------------------------------------------------------------- CLI
 def _dicyc(*args):
-    return subprocess.run([sys.executable, "-m", "dicyc", *args], capture_output=True, text=True, encoding="utf-8", timeout=600)
+    return subprocess.run([sys.executable, "-m", "dicyc", *args], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
 
 
 def test_cli_lists_the_samples():

@@ -474,7 +474,7 @@ def _add_bench(sub):
                            help="scanner-deformation families to test, or 'all' (default: --quick bspline, "
                                 "full both); see dicyc/deform.py")
             q.add_argument("--settings", nargs="+", choices=["deformed", "undeformed"],
-                           help="the deformed setting, the undeformed control, or both (default both)")
+                           help="the deformed setting, the undeformed control, or both (default: --quick deformed, full both)")
             q.add_argument("--iterations", type=_positive_int, metavar="N", help="training iterations (budget)")
             q.add_argument("--batch-size", type=_positive_int, metavar="N", help="training batch size")
             q.add_argument("--deformation-px", type=float, metavar="PX",

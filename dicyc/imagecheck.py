@@ -19,7 +19,6 @@ header it cannot parse as damage, for files we wrote ourselves (the sample cache
 """
 
 import bz2
-import io
 import math
 import os
 import struct
@@ -133,10 +132,22 @@ def _remaining(fh):
 
 
 # ===================================================================== NIfTI
-def _nifti_expected(head):
-    """(header bytes, data offset, data bytes) from a NIfTI-1/2 header, or None when it is not one."""
-    import nibabel
+#: NIfTI datatype code -> bytes per voxel (the codes nifti1.h defines)
+_NIFTI_ITEMSIZE = {
+    2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+    1536: 16, 1792: 16, 2048: 32, 2304: 4,
+}
 
+
+def parse_nifti_header(head):
+    """The fields of a NIfTI-1/2 header the checks need, read exactly as stored, or None.
+
+    A dict with ``size`` (348 or 540), ``magic``, ``dim`` (8 ints), ``pixdim`` (8 floats),
+    ``datatype``, ``vox_offset`` and ``sform_code``. Parsed with :mod:`struct` rather than
+    nibabel so that checking a file needs no optional package (Slicer's Python may lack nibabel),
+    and because ``nibabel.load`` "fixes" a header on the way (a zero pixdim becomes 1), which
+    hides exactly what a check needs to see.
+    """
     if len(head) < 348:
         return None
     for order in ("<", ">"):
@@ -145,31 +156,48 @@ def _nifti_expected(head):
             break
     else:
         return None
-    cls = nibabel.Nifti1Header if size == 348 else nibabel.Nifti2Header
     if len(head) < size:
         return None
     try:
-        header = cls.from_fileobj(io.BytesIO(head[:size]), check=False)
-        magic = bytes(header["magic"]).rstrip(b"\x00")
-        if magic not in (b"n+1", b"n+2"):  # "ni1"/"ni2": data in a separate .img file
-            return None
-        shape = header.get_data_shape()
-        itemsize = header.get_data_dtype().itemsize
-        offset = int(header.get_data_offset())
-    except Exception:  # nibabel's many header errors: leave the file to ITK's judgement
+        if size == 348:
+            dim = struct.unpack(order + "8h", head[40:56])
+            datatype = struct.unpack(order + "h", head[70:72])[0]
+            pixdim = struct.unpack(order + "8f", head[76:108])
+            vox_offset = struct.unpack(order + "f", head[108:112])[0]
+            sform_code = struct.unpack(order + "h", head[254:256])[0]
+            magic = bytes(head[344:348]).rstrip(b"\x00")
+        else:
+            magic = bytes(head[4:12]).split(b"\x00")[0]
+            datatype = struct.unpack(order + "h", head[12:14])[0]
+            dim = struct.unpack(order + "8q", head[16:80])
+            pixdim = struct.unpack(order + "8d", head[104:168])
+            vox_offset = struct.unpack(order + "q", head[168:176])[0]
+            sform_code = struct.unpack(order + "i", head[348:352])[0]
+    except struct.error:
         return None
-    return size, offset, int(math.prod(int(n) for n in shape)) * itemsize
+    return {"size": size, "magic": magic, "dim": dim, "pixdim": pixdim, "datatype": datatype,
+            "vox_offset": vox_offset, "sform_code": sform_code}
+
+
+def _nifti_expected(head):
+    """(header bytes, data offset, data bytes) from a NIfTI-1/2 header, or None when it is not one."""
+    header = parse_nifti_header(head)
+    if header is None or header["magic"] not in (b"n+1", b"n+2"):  # "ni1"/"ni2": data in a separate .img file
+        return None
+    ndim = header["dim"][0]
+    itemsize = _NIFTI_ITEMSIZE.get(header["datatype"])
+    offset = header["vox_offset"]
+    if not 1 <= ndim <= 7 or itemsize is None or not math.isfinite(offset) or offset < 0:
+        return None  # a header ITK will refuse or judge itself
+    shape = header["dim"][1 : ndim + 1]
+    if any(n < 0 for n in shape):
+        return None
+    return header["size"], int(offset), int(math.prod(int(n) for n in shape)) * itemsize
 
 
 def nifti_header(path):
-    """The NIfTI-1/2 header of ``path`` exactly as stored (nibabel's ``check=False``), or None.
-
-    ``nibabel.load`` "fixes" a header on the way (a zero pixdim becomes 1), which hides exactly
-    what a check needs to see.
-    """
+    """The NIfTI-1/2 header fields of ``path`` as stored (:func:`parse_nifti_header`), or None."""
     import gzip
-
-    import nibabel
 
     try:
         with open(path, "rb") as fh:
@@ -178,17 +206,7 @@ def nifti_header(path):
             head = (opener.read(540) if opener is not None else fh.read(540))
     except (OSError, EOFError, zlib.error):
         return None
-    if len(head) < 348:
-        return None
-    for order in ("<", ">"):
-        size = struct.unpack(order + "i", head[:4])[0]
-        if size in (348, 540) and len(head) >= size:
-            cls = nibabel.Nifti1Header if size == 348 else nibabel.Nifti2Header
-            try:
-                return cls.from_fileobj(io.BytesIO(head[:size]), check=False)
-            except Exception:
-                return None
-    return None
+    return parse_nifti_header(head)
 
 
 def _check_nifti(path, strict):

@@ -408,7 +408,7 @@ def _check_nifti_header(path):
 
     header = nifti_header(path)
     if header is None:
-        return  # not a NIfTI header nibabel can parse: ITK's reader gives the refusal
+        return  # not a NIfTI header we can parse: ITK's reader gives the refusal
     try:
         ndim = min(int(header["dim"][0]), 3)
         pixdim = [float(v) for v in header["pixdim"][1 : ndim + 1]]
@@ -681,18 +681,24 @@ def read_modality(path):
     """
     sitk = _sitk()
     path = Path(path)
-    try:
+
+    def header():
+        nonlocal path
         if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path)) or ()
+            series_reader = sitk.ImageSeriesReader()
+            series = series_reader.GetGDCMSeriesIDs(str(path)) or ()
             if not series:
                 return None
-            names = max((reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series), key=len)
+            names = max((series_reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series), key=len)
             path = Path(names[0])
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-    except RuntimeError:
+        file_reader = sitk.ImageFileReader()
+        file_reader.SetFileName(str(path))
+        file_reader.ReadImageInformation()
+        return file_reader
+
+    # ITK's remarks on the file (an odd sform) are the volume reader's to relay, once: drop them here
+    reader, error, _ = _itk_call(header)
+    if error is not None or reader is None:
         return None
     if reader.HasMetaDataKey("0008|0060") or reader.HasMetaDataKey("0008|103e"):
         return _dicom_modality(reader)
@@ -711,6 +717,8 @@ def record_modality(path, modality):
     written again, atomically, with the note added and everything else kept: for volumes
     written by code that did not pass ``modality`` to :func:`write_volume`.
     """
+    from dicyc.atomic import atomic_path
+
     note = modality_note(modality)
     current = read_modality(path)
     if current is not None and current.upper() == note.split("=", 1)[1].upper():

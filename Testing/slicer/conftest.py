@@ -219,7 +219,7 @@ def abdomen_samples(tmp_path_factory):
     optional = ("scipy", "nibabel", "matplotlib", "torch", "safetensors")
     blocked = [name for name in optional if name not in DiCycDependencies.NEEDS["samples"]]
     result = subprocess.run([sys.executable, str(HERE / "blocked_imports.py"), ",".join(blocked), "samples-prepare",
-                             str(folder)], capture_output=True, text=True, timeout=600,
+                             str(folder)], capture_output=True, encoding="utf-8", errors="replace", timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     if result.returncode != 0:
         if "DicycError" in result.stderr:

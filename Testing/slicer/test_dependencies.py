@@ -20,7 +20,7 @@ OPTIONAL = ("scipy", "nibabel", "matplotlib", "torch", "safetensors")
 def _run(blocked, *args, tmp_path=None):
     env = dict(os.environ, DICYC_TEST_TMP=str(tmp_path or ""), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(SCRIPT), ",".join(blocked), *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env=env)
+                          encoding="utf-8", errors="replace", timeout=600, env=env)
 
 
 def test_the_dependency_lists_name_no_needless_package():

@@ -433,7 +433,7 @@ def _ct_pair(mr_volume, seed=3):
 
 def _cli_evaluate(pred_path, ref_path, mask_path):
     out = subprocess.run([sys.executable, "-m", "dicyc", "evaluate", "--pred", str(pred_path), "--ref", str(ref_path),
-                          "--mask", str(mask_path), "--json"], capture_output=True, text=True, encoding="utf-8", timeout=300)
+                          "--mask", str(mask_path), "--json"], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

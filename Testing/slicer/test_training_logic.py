@@ -276,7 +276,7 @@ def test_logic_start_and_resume_refuse_a_run_folder_another_trainer_holds(tmp_pa
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.safetensors").write_bytes(b"x")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, encoding="utf-8", errors="replace")
     logic = TrainingLogic()
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -103,7 +103,7 @@ def test_training_widget_whole_workflow(slicer_app, tmp_path, child_env):
     assert not w.logic.running
 
     # another trainer holds the folder: Start and Resume are refused, in one sentence
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, encoding="utf-8", errors="replace")
     try:
         assert holder.stdout.readline().strip() == "held"
         ui.outputDirectoryPathLineEdit.type_path(str(tmp_path))

@@ -45,10 +45,13 @@ SETTINGS = {
     "quick": {
         "n_subjects": 14, "n_test": 8, "spacing": 3.6, "slice_size": 64, "ngf": 16, "n_blocks": 3, "ndf": 16,
         "iterations": 3000, "batch_size": 1, "deformation_px": 4.0, "families": ["bspline"], "augment": False,
+        # the deformed setting only: the undeformed control doubles the time (--settings deformed undeformed)
+        "settings": ["deformed"],
     },
     "full": {
         "n_subjects": 32, "n_test": 8, "spacing": 1.8, "slice_size": 128, "ngf": 64, "n_blocks": 9, "ndf": 64,
         "iterations": 40000, "batch_size": 1, "deformation_px": 8.0, "families": ["bspline", "radial"], "augment": True,
+        "settings": ["deformed", "undeformed"],
     },
 }
 DEFAULT_METHODS = ("cyclegan", "dicyc")
