@@ -519,3 +519,23 @@ def test_raw_itk_messages_stay_off_the_terminal(tmp_path, capfd):
     assert code == 0
     assert "WARNING: In" not in err and "0x" not in err and ".cxx" not in err
     assert "odd.nii.gz: its NIfTI sform matrix is not a rotation with spacing" in err
+
+
+@pytest.mark.parametrize("kind,dtype", [("nifti1", "<f4"), ("nifti2", "<i2"), ("nifti1", ">f8"), ("nifti2", ">u2")])
+def test_nifti_header_fields_match_nibabels_reading(tmp_path, kind, dtype):
+    """The struct parser (what checks use, so no nibabel is needed) reads what nibabel reads,
+    in both byte orders and both NIfTI versions, and the data size follows from it."""
+    import nibabel
+
+    from dicyc.imagecheck import check_image_file, nifti_header
+
+    cls = nibabel.Nifti1Image if kind == "nifti1" else nibabel.Nifti2Image
+    image = cls(np.zeros((5, 6, 7), dtype=np.dtype(dtype)), np.diag([2.0, 3.0, 4.0, 1.0]))
+    image.set_data_dtype(np.dtype(dtype))
+    path = tmp_path / "v.nii.gz"
+    nibabel.save(image, str(path))
+    ours, theirs = nifti_header(path), nibabel.load(str(path)).header
+    assert list(ours["dim"]) == [int(v) for v in theirs["dim"]]
+    assert np.allclose(ours["pixdim"], theirs["pixdim"])
+    assert ours["sform_code"] == int(theirs["sform_code"]) and ours["datatype"] == int(theirs["datatype"])
+    assert check_image_file(path) == 5 * 6 * 7 * np.dtype(dtype).itemsize
