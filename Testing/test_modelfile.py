@@ -277,3 +277,23 @@ def test_save_is_atomic(tmp_path, gens, monkeypatch):
     assert path.read_bytes() == before
     assert read_card(path)["method"] == "first"
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize("method", ["dicyc", "dicyclegan"])
+def test_a_dicyc_family_model_file_holds_exactly_cyclegans_tensors(toy_pair, tmp_path, method):
+    """Synthesis uses the undeformed generators only, so the offset and TPS networks stay out of
+    the model file: same tensor names, shapes and dtypes as CycleGAN's, and the same cost."""
+    from safetensors import safe_open
+
+    from dicyc.train import resolve_config, train
+
+    def tensors(name):
+        config = resolve_config(None, {"method": name, "ngf": 4, "n_blocks": 1, "ndf": 4, "slice_size": 32,
+                                       "spacing": [2.0, 2.0], "iterations": 2, "checkpoint_every": 2,
+                                       "cache_dir": str(tmp_path / "cache")})
+        path = train(*toy_pair, tmp_path / name, config, device="cpu", log=lambda *_: None)
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}
+
+    ours, cyclegan = tensors(method), tensors("cyclegan")
+    assert ours == cyclegan and any(k.startswith("G_AB.") for k in ours) and any(k.startswith("G_BA.") for k in ours)
