@@ -43,6 +43,7 @@ from .compare import (
 )
 from .display import CT_WINDOWS, DEFAULT_CT_WINDOW, error_color_node, set_ct_window, set_window_level, style_synthetic
 from .models import (
+    DEFAULT_BUNDLED_MODEL,
     MODELS_ENV,
     add_model,
     bundled_models,
@@ -73,7 +74,7 @@ from .table import TABLE_COLUMNS, export_table_csv, metrics_table_node, table_ro
 __all__ = [
     "CT_WINDOWS", "DEFAULT_CT_WINDOW", "MODELS_ENV", "OVERLAY_LAYOUTS", "SAMPLE_SETS", "TABLE_COLUMNS",
     "SynthesisLogic",
-    "add_model", "add_volume_node", "apply_sample_parameters", "bundled_models", "centre_views", "centring_roles",
+    "DEFAULT_BUNDLED_MODEL", "add_model", "add_volume_node", "apply_sample_parameters", "bundled_models", "centre_views", "centring_roles",
     "copy_geometry", "create_slice_views", "ensure_display_node",
     "error_color_node", "export_table_csv", "ijk_to_ras_of", "is_user_model", "list_models", "load_sample_set",
     "make_checkerboard_node", "make_error_node", "metrics_table_node", "missing_files", "model_search_folders",

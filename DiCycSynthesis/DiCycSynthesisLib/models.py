@@ -99,12 +99,19 @@ def model_search_folders():
     return unique
 
 
+#: the bundled model the panel, the demo and the self-test choose first: DiCyc, the reason the
+#: extension exists; CycleGAN's model, trained on the same data and budget, is listed after it
+DEFAULT_BUNDLED_MODEL = "head-mr2ct-dicyc.safetensors"
+
+
 def bundled_models():
-    """The ``.safetensors`` files of :func:`model_search_folders` (sorted by name; may be empty)."""
+    """The ``.safetensors`` files of :func:`model_search_folders` (may be empty): per folder,
+    :data:`DEFAULT_BUNDLED_MODEL` first, then the others sorted by name."""
     found = []
     for folder in model_search_folders():
         if folder.is_dir():
-            found += sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+            found += sorted((p for p in folder.glob("*.safetensors") if p.is_file()),
+                            key=lambda p: (p.name != DEFAULT_BUNDLED_MODEL, p.name.lower()))
     return found
 
 

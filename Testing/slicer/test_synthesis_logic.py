@@ -578,6 +578,12 @@ def test_logic_model_summary_and_bundled_models(tiny_model, tmp_path, monkeypatc
     found = L.bundled_models()
     assert folder / "demo.safetensors" in found and all(p.suffix == ".safetensors" for p in found)
 
+    # DiCyc's model comes first in its folder (the panel's and the self-test's default), whatever the names
+    for name in ("a-cyclegan.safetensors", L.DEFAULT_BUNDLED_MODEL, "z.safetensors"):
+        (folder / name).write_bytes(tiny_model.read_bytes())
+    ours = [p.name for p in L.bundled_models() if p.parent == folder]
+    assert ours == [L.DEFAULT_BUNDLED_MODEL, "a-cyclegan.safetensors", "demo.safetensors", "z.safetensors"]
+
 
 FORBIDDEN_IMPORTS = {"qt", "ctk", "qSlicerBaseQTCore", "slicer.util", "slicer.ScriptedLoadableModule", "PythonQt"}
 
