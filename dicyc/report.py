@@ -118,6 +118,10 @@ def _planes_point(source_mr, models, axes_map):
     head = _to_lps(models[0]["masks"]["mr_head"], axes_map)  # (S, P, L)
     s, p, lr = _centre(head)
     per_slice = sum(_to_lps(m["masks"]["hallucinated"], axes_map).sum(axis=(1, 2)) for m in models)
+    # only slices through the head itself: a slice at the volume's edge, where a generator paints
+    # its border, would show the hallucination but no anatomy to judge it against
+    area = head.sum(axis=(1, 2))
+    per_slice = np.where(area >= 0.25 * area.max(), per_slice, 0) if area.max() > 0 else per_slice
     if per_slice.max() > 0:
         s = int(np.argmax(per_slice))
     return (lr, p, s)
