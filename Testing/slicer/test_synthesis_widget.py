@@ -46,7 +46,7 @@ def test_synthesis_widget_whole_workflow(slicer_app, mr_volume, tiny_model, tmp_
     assert ui.outputVolumeSelector.currentNode() is None  # "Create new volume"
 
     # ---- model: the bundled one is listed; a model file is added to the user's models folder
-    assert ui.modelComboBox.itemText(0).endswith(".safetensors") and "cyclegan" in ui.modelCardLabel.text
+    assert ui.modelComboBox.itemText(0) == L.DEFAULT_BUNDLED_MODEL and "Method: dicyc" in ui.modelCardLabel.text
     ui.modelComboBox.choose("Model file…")
     assert ui.modelPathLineEdit.visible and not ui.addModelButton.enabled
     ui.modelPathLineEdit.type_path(str(tiny_model))
