@@ -20,7 +20,10 @@ def tiny_result(tmp_path_factory):
     from dicyc.bench import quality
 
     out = tmp_path_factory.mktemp("quality")
-    return quality.run(_args(out, seeds=2), log=lambda m: None, settings=TINY_QUALITY), out
+    # both settings (--quick alone runs the deformed one: the control doubles its time)
+    assert quality.SETTINGS["quick"]["settings"] == ["deformed"]
+    return quality.run(_args(out, seeds=2, settings=["deformed", "undeformed"]), log=lambda m: None,
+                       settings=TINY_QUALITY), out
 
 
 def test_quality_protocol_structure_and_scores(tiny_result):
