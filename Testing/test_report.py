@@ -139,3 +139,24 @@ def test_demo_pipeline_with_the_bundled_models(toy_pair, tmp_path, run_dicyc):
         proc = run_dicyc("report", *args, "--out", tmp_path / "bad", "--synthetic", f"X={synthetic[0]}")
         assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_axial_plane_goes_through_the_head_not_an_empty_edge_slice():
+    """A generator that paints the volume's border puts most 'hallucination' in a slice with no
+    head in it; the report's axial plane must still show the head (where hallucination is largest there)."""
+    from dicyc.report import _planes_point
+    from dicyc.views import lps_axes
+
+    head = np.zeros((20, 16, 16), bool)
+    head[4:16, 4:12, 4:12] = True
+    hallucinated = np.zeros_like(head)
+    hallucinated[0] = True  # an edge slice, no head
+    hallucinated[12, 0:2, :] = True  # a little behind the head, inside its slab
+    models = [{"masks": {"mr_head": head, "hallucinated": hallucinated}}]
+    axes_map = lps_axes(np.eye(3))
+    lr, p, s = _planes_point(None, models, axes_map)
+    # whatever the axis order of the view, the chosen slice goes through the head and holds
+    # the hallucination inside it
+    from dicyc.views import _to_lps
+
+    assert _to_lps(head, axes_map)[s].any() and _to_lps(hallucinated, axes_map)[s].any()
