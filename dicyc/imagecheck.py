@@ -97,9 +97,9 @@ def _gzip_stream_length(fh):
         raise _bad_checksum() from None
 
 
-def _zlib_stream_length(fh):
-    """Decompressed length of one zlib (or gzip) stream from ``fh``: MetaImage's compressed data."""
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, detected
+def _stream_length(fh, inflater, damaged):
+    """Decompressed length of one compressed stream read from ``fh`` by ``inflater``; ``damaged``:
+    the exception type the decompressor raises on corrupt data."""
     total = 0
     try:
         while not inflater.eof:
@@ -108,22 +108,17 @@ def _zlib_stream_length(fh):
                 raise _ends_early()
             total += len(inflater.decompress(raw))
         return total
-    except zlib.error:
+    except damaged:
         raise _bad_checksum() from None
+
+
+def _zlib_stream_length(fh):
+    """Decompressed length of one zlib (or gzip) stream from ``fh``: MetaImage's compressed data."""
+    return _stream_length(fh, zlib.decompressobj(zlib.MAX_WBITS | 32), zlib.error)  # header detected
 
 
 def _bz2_stream_length(fh):
-    inflater = bz2.BZ2Decompressor()
-    total = 0
-    try:
-        while not inflater.eof:
-            raw = fh.read(_CHUNK)
-            if not raw:
-                raise _ends_early()
-            total += len(inflater.decompress(raw))
-        return total
-    except OSError:
-        raise _bad_checksum() from None
+    return _stream_length(fh, bz2.BZ2Decompressor(), OSError)
 
 
 def _remaining(fh):
