@@ -71,7 +71,7 @@ def model_report(source_mr, synthetics, real_ct, out_dir, source_name="source MR
     from dicyc.atomic import write_bytes, write_text
     from dicyc.bench.head import alignment_and_realism, alignment_masks
     from dicyc.metrics import body_outline
-    from dicyc.views import _json_safe
+    from dicyc.views import _json_safe, check_tiles
 
     synthetics = list(synthetics)
     if not synthetics:
@@ -79,12 +79,7 @@ def model_report(source_mr, synthetics, real_ct, out_dir, source_name="source MR
     labels = [str(label) for label, _ in synthetics]
     if len(set(labels)) != len(labels):
         raise DicycError(f"the synthetic CTs need distinct names; got {', '.join(labels)}.")
-    try:
-        tiles = int(tiles)
-    except (TypeError, ValueError):
-        raise DicycError(f"tiles must be a whole number; got {tiles!r}.") from None
-    if tiles < 1:
-        raise DicycError(f"tiles must be at least 1; got {tiles}.")
+    tiles = check_tiles(tiles)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DicycError(f"{out_dir} exists and is not a folder; give a folder for the report.")

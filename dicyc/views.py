@@ -45,7 +45,19 @@ MONTAGE_NAME = "compare.png"
 METRICS_NAME = "metrics.json"
 
 
+def check_tiles(tiles):
+    """The checkerboard's tile count as an int ≥ 1, or one sentence saying why not."""
+    try:
+        tiles = int(tiles)
+    except (TypeError, ValueError):
+        raise DicycError(f"tiles must be a whole number; got {tiles!r}.") from None
+    if tiles < 1:
+        raise DicycError(f"tiles must be at least 1; got {tiles}.")
+    return tiles
+
+
 # ===================================================================== intensities
+
 def display_window(array, mask=None, percentiles=(1, 99.5)):
     """Robust (low, high) display window from percentiles of ``array`` (inside ``mask`` if given).
 
@@ -231,12 +243,7 @@ def compare_volumes(
         error_units = "window" if cross else "raw"
     if error_units not in ERROR_UNITS:
         raise DicycError(f"error units must be one of {', '.join(ERROR_UNITS)}; got {error_units!r}.")
-    try:
-        tiles = int(tiles)
-    except (TypeError, ValueError):
-        raise DicycError(f"tiles must be a whole number; got {tiles!r}.") from None
-    if tiles < 1:
-        raise DicycError(f"tiles must be at least 1; got {tiles}.")
+    tiles = check_tiles(tiles)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DicycError(f"{out_dir} exists and is not a folder; give a folder for the comparison files.")
