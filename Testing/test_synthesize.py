@@ -324,29 +324,66 @@ def test_explicit_low_precision_on_cpu(model, precision):
 
 
 # ===================================================================== the CPU float32 path
-def test_fp32_path_probe_times_every_candidate_then_caches_the_fastest(model, monkeypatch, tmp_path):
+def _fresh_probe_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("DICYC_CACHE", str(tmp_path))
     monkeypatch.delenv(syn.PATH_ENV, raising=False)
     monkeypatch.delenv(device_mod.PROBE_CACHE_ENV, raising=False)
     monkeypatch.setattr(device_mod, "_PROBES", {})
-    vol = mr_phantom(shape=(16, 40, 36))
+
+
+def _as_keys(times):
+    return {(k.split(":")[0], int(k.split(":")[1])): v for k, v in times.items()}
+
+
+def test_fp32_path_probe_times_every_candidate_then_caches_its_choice(model, monkeypatch, tmp_path):
+    _fresh_probe_cache(monkeypatch, tmp_path)
+    monkeypatch.setattr(syn, "PROBE_STEADY_RATIO", 1e9)  # tiny models time unsteadily; steadiness is tested below
+    vol = mr_phantom(shape=(24, 40, 36))  # more slices than the path probe runs
     out, info = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", batch=3)
     path = info["path"]
-    assert path["source"] == "probe"
+    assert path["source"] == "probe" and path["steady"] is True
     times = path["seconds_per_slice"]
     assert set(times) == {"cl:3", "cl:1", "nchw:1"} and all(t > 0 for t in times.values())
-    assert f"{path['layout']}:{path['batch']}" == min(times, key=times.get)
+    assert all(len(r) == syn.PROBE_ROUNDS and times[k] == min(r) for k, r in path["rounds"].items())
+    assert (path["layout"], path["batch"]) == syn.choose_path(_as_keys(times))
     assert info["batch"] == path["batch"]
     again, info2 = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", batch=3)
     assert info2["path"]["source"] == "cache" and info2["path"]["layout"] == path["layout"]
     assert np.abs(again.array - out.array).max() < 0.05  # HU: every path computes the same, to rounding
 
 
+def test_an_unsteady_path_probe_decides_its_own_run_only(model, monkeypatch, tmp_path):
+    _fresh_probe_cache(monkeypatch, tmp_path)
+    monkeypatch.setattr(syn, "PROBE_STEADY_RATIO", 1.0 - 1e-9)  # no two timings can agree this closely
+    vol = mr_phantom(shape=(24, 40, 36))  # more slices than the path probe runs
+    _, info = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", batch=3)
+    assert info["path"]["source"] == "probe" and info["path"]["steady"] is False
+    _, info2 = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", batch=3)
+    assert info2["path"]["source"] == "probe"  # nothing was cached: the next run probes afresh
+
+
+@pytest.mark.parametrize("times,chosen", [
+    ({("cl", 8): 0.50, ("cl", 1): 0.60, ("nchw", 1): 1.00}, ("cl", 8)),   # clearly faster: taken
+    ({("cl", 8): 0.97, ("cl", 1): 0.99, ("nchw", 1): 1.00}, ("nchw", 1)),  # within the margin: the reference
+    ({("cl", 8): 1.20, ("cl", 1): 1.10, ("nchw", 1): 1.00}, ("nchw", 1)),  # the reference is fastest
+    ({("cl", 8): 0.90, ("cl", 1): 0.80}, ("cl", 1)),                        # a cut-short probe without it
+])
+def test_choose_path_keeps_the_reference_unless_another_is_clearly_faster(times, chosen):
+    assert syn.choose_path(times) == chosen
+
+
+def test_probe_is_steady_needs_every_candidates_rounds_to_agree():
+    assert syn.probe_is_steady({("cl", 8): [1.0, 1.2], ("nchw", 1): [2.0, 2.1]})
+    assert not syn.probe_is_steady({("cl", 8): [1.0, 1.2], ("nchw", 1): [2.0, 3.0]})
+    assert not syn.probe_is_steady({("cl", 8): [1.0]})  # one round cannot show it
+
+
 @pytest.mark.parametrize("override,layout,batch", [("cl:2", "cl", 2), ("nchw:1", "nchw", 1), ("cl:64", "cl", 3)])
 def test_fp32_path_override(model, monkeypatch, override, layout, batch):
     monkeypatch.setenv(syn.PATH_ENV, override)
     _, info = syn.synthesize_volume_with_info(model, mr_phantom(), device="cpu", precision="fp32", batch=3)
-    assert info["path"] == {"layout": layout, "batch": batch, "source": syn.PATH_ENV, "seconds_per_slice": None}
+    assert info["path"] == {"layout": layout, "batch": batch, "source": syn.PATH_ENV, "seconds_per_slice": None,
+                            "rounds": None, "steady": None}
 
 
 def test_fp32_paths_agree(model, monkeypatch):

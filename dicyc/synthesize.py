@@ -295,6 +295,36 @@ def _instance_norm_as_group_norm(norm):
 #: environment override of the CPU float32 inference path: "LAYOUT:BATCH" with LAYOUT
 #: "cl" (channels-last copy, instance norms as group norms) or "nchw" (the module as trained)
 PATH_ENV = "DICYC_SYNTH_PATH"
+#: The path probe's reference: the module as trained, one slice at a time (what plain code does).
+REFERENCE_PATH = ("nchw", 1)
+#: Another path replaces the reference only if the probe finds it at least this much faster per
+#: slice: a tie is noise, and the reference is never the wrong choice by more than this margin.
+REFERENCE_MARGIN = 0.05
+#: Timed rounds per candidate, interleaved (A B C A B C) so that a burst of load hits all alike.
+PROBE_ROUNDS = 2
+#: A probe is kept in the cache only if each of its candidates' rounds agree within this factor;
+#: an unsteady probe (other work loading the CPU) decides the current run only.
+PROBE_STEADY_RATIO = 1.3
+
+
+def choose_path(seconds_per_slice, margin=None):
+    """The path key to run, from the probe's best seconds per slice of each candidate.
+
+    The fastest candidate wins unless the reference (:data:`REFERENCE_PATH`) was measured and
+    is within ``margin`` of it: then the reference runs, so a close call never costs speed.
+    """
+    margin = REFERENCE_MARGIN if margin is None else margin
+    fastest = min(seconds_per_slice, key=seconds_per_slice.get)
+    ref = seconds_per_slice.get(REFERENCE_PATH)
+    if ref is not None and seconds_per_slice[fastest] > ref * (1.0 - margin):
+        return REFERENCE_PATH
+    return fastest
+
+
+def probe_is_steady(rounds, ratio=None):
+    """True if every candidate's timed rounds (seconds per slice) agree within ``ratio``."""
+    ratio = PROBE_STEADY_RATIO if ratio is None else ratio
+    return all(len(r) >= 2 and max(r) <= ratio * min(r) for r in rounds.values())
 LAYOUTS = ("nchw", "cl")
 
 
@@ -461,12 +491,15 @@ class _Runner:
     batch is fastest on AVX-512 Xeons, while an AVX2-only EPYC ran batches of 8 at 0.74x the
     speed of one slice at a time (its caches hold one slice's activations, not eight). The
     candidates (:meth:`_candidates`: channels-last at the full batch and at batch 1, and the
-    module as trained at batch 1, i.e. the plain reference) are each run once to warm up and
-    once timed, on the volume's own slices (no work is wasted: every candidate computes the
-    same result, to float32 rounding), and the fastest per slice runs the rest. The choice is
-    kept per machine, generator size and slice size in ``<cache>/probes.json``
-    (:func:`dicyc.device.probe_store`), so later syntheses skip the probe; ``DICYC_SYNTH_PATH``
-    (e.g. ``cl:8`` or ``nchw:1``) overrides it. ``batch`` is the largest batch used.
+    module as trained at batch 1, i.e. the plain reference) are each run once to warm up, then
+    timed in :data:`PROBE_ROUNDS` interleaved rounds, on the volume's own slices (no work is
+    wasted: every candidate computes the same result, to float32 rounding). Each candidate's
+    best round counts, and :func:`choose_path` keeps the reference unless another path is
+    clearly faster. A steady probe (:func:`probe_is_steady`) is kept per machine, generator size
+    and slice size in ``<cache>/probes.json`` (:func:`dicyc.device.probe_store`), so later
+    syntheses skip it; an unsteady one, measured while other work loaded the CPU, decides this
+    run only. ``DICYC_SYNTH_PATH`` (e.g. ``cl:8`` or ``nchw:1``) overrides it. ``batch`` is the
+    largest batch used.
     """
 
     def __init__(self, generator, device, precision, batch, progress, total=0, cache=True):
@@ -481,6 +514,8 @@ class _Runner:
         self.layout = "nchw" if device.type != "cpu" else None  # None: decided once the precision is
         self.path_source = "device" if self.layout else None
         self.path_times = {}
+        self.path_rounds = {}
+        self.path_steady = None
         self._trials = None
         self._shape = None
 
@@ -534,22 +569,37 @@ class _Runner:
             self.layout, self.batch = cached["layout"], min(int(cached["batch"]), self.batch)
             self.path_source = "cache"
             return
-        self._trials = [(layout, b, False, 1) for layout, b, _ in self._candidates()]
-        self._trials += [(layout, b, True, n) for layout, b, n in self._candidates()]
+        self._trials = self._probe_plan()
         self.layout, self.path_source = "cl", "probe"  # until the probe has decided
+
+    def _probe_plan(self):
+        """The probe's batches: (layout, batch, timed, batches per trial), warm-ups first."""
+        plan = [(layout, b, False, 1) for layout, b, _ in self._candidates()]
+        for _ in range(PROBE_ROUNDS):
+            plan += [(layout, b, True, n) for layout, b, n in self._candidates()]
+        return plan
+
+    def probe_slices(self):
+        """Slices the CPU path probe runs before the chosen path takes over (0 where none runs)."""
+        if self.device.type != "cpu":
+            return 0
+        return sum(b * n for _, b, _, n in self._probe_plan())
 
     def _finish_probe(self):
         from dicyc.device import probe_store
 
-        complete = len(self.path_times) == len(self._candidates())
+        complete = (len(self.path_rounds) == len(self._candidates())
+                    and all(len(r) == PROBE_ROUNDS for r in self.path_rounds.values()))
         self._trials = None
-        if not self.path_times:
+        if not self.path_rounds:
             self.layout = "cl"
             return
-        (layout, b), _ = min(self.path_times.items(), key=lambda kv: kv[1])
-        self.layout, self.batch = layout, b
-        if self.cache and complete:  # a probe cut short by a small volume decides this run only
-            probe_store(self._path_key(), {"layout": layout, "batch": b,
+        self.path_times = {k: min(r) for k, r in self.path_rounds.items()}
+        self.layout, self.batch = choose_path(self.path_times)
+        self.path_steady = complete and probe_is_steady(self.path_rounds)
+        # a probe cut short by a small volume, or unsteady under load, decides this run only
+        if self.cache and self.path_steady:
+            probe_store(self._path_key(), {"layout": self.layout, "batch": self.batch,
                                            "seconds_per_slice": {f"{k[0]}:{k[1]}": v for k, v in self.path_times.items()}})
 
     def _next(self):
@@ -608,7 +658,7 @@ class _Runner:
             if trial is not None:
                 self._trials.pop(0)
                 if trial[2]:
-                    self.path_times[(trial[0], trial[1])] = (time.perf_counter() - t0) / (e - s)
+                    self.path_rounds.setdefault((trial[0], trial[1]), []).append((time.perf_counter() - t0) / (e - s))
                 if not self._trials:
                     self._finish_probe()
             _put(out, axis, s, e, result, accumulate)
@@ -627,7 +677,9 @@ class _Runner:
     def path_info(self):
         """How the generator ran: layout, batch, where the choice came from, the probe's seconds per slice."""
         return {"layout": self.layout or "nchw", "batch": self.batch, "source": self.path_source,
-                "seconds_per_slice": {f"{k[0]}:{k[1]}": v for k, v in self.path_times.items()} or None}
+                "seconds_per_slice": {f"{k[0]}:{k[1]}": v for k, v in self.path_times.items()} or None,
+                "rounds": {f"{k[0]}:{k[1]}": v for k, v in self.path_rounds.items()} or None,
+                "steady": self.path_steady}
 
     def finish_probe(self):
         """Decide from what the path probe measured so far (a view shorter than the probe)."""

@@ -263,8 +263,12 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
     drives it (``precision``, ``batch`` default to synthesis's own defaults; the "auto" probe
     runs during the warm-up), timed on ``slices`` CT-like slices per repeat; the reference runs
     the same fp32 generator on ``reference_slices`` slices one at a time under ``no_grad``.
-    Each repeat times the reference, then the default path. ``speedup_vs_reference`` is the
-    ratio of the two medians. Returns the JSON-ready ``synthesis`` entry of the result.
+    Each repeat times the reference and the default path back to back (the order alternating
+    between repeats). ``speedup_vs_reference`` is the median of the repeats' paired ratios: two
+    timings taken moments apart share the machine's load, which separate medians do not (under
+    load average 3.7 the ratio of medians read 0.33x where the paired ratios were 0.99, 0.28 and
+    1.26). ``speedup_of_medians`` keeps the ratio of the two medians. Returns the JSON-ready
+    ``synthesis`` entry of the result.
     """
     import torch
 
@@ -279,20 +283,19 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
     torch.manual_seed(seed)
     arch = {"ngf": int(ngf), "n_blocks": int(n_blocks)}
     generator = build_generator(arch).to(dev).eval()
-    warm = 2 * batch + 8  # enough slices for the precision probe and the CPU path probe (every candidate twice)
-    x = ct_like_slices(max(slices, reference_slices, warm), size, seed)
-    out = np.zeros_like(x)
-
     # a fresh path probe (not this machine's cached choice): the result is this run's own decision
     runner = _Runner(generator, dev, precision, batch, None, cache=False)
     runner.decide_explicit()
+    warm = runner.probe_slices() + batch  # the CPU path probe (every candidate, every round), then one batch
+    x = ct_like_slices(max(slices, reference_slices, warm), size, seed)
+    out = np.zeros_like(x)
     ref_times, default_times = [], []
     with torch.inference_mode():
         runner.run_view(x[:warm], out[:warm], 0, accumulate=False)  # probes + warm-up
         runner.finish_probe()
     with torch.no_grad():
         generator(torch.from_numpy(x[:1, None]).to(dev)).cpu()  # reference warm-up
-    for r in range(repeats):
+    def time_reference():
         _sync(dev)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -300,11 +303,19 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
                 generator(torch.from_numpy(x[i : i + 1, None]).to(dev)).cpu()
         _sync(dev)
         ref_times.append(time.perf_counter() - t0)
+
+    def time_default():
+        _sync(dev)
         t0 = time.perf_counter()
         with torch.inference_mode():
             runner.run_range(x, out, 0, 0, slices, accumulate=False)
         _sync(dev)
         default_times.append(time.perf_counter() - t0)
+
+    for r in range(repeats):
+        # the order alternates, so a load that rises or falls through the run favours neither
+        for step in ((time_reference, time_default) if r % 2 == 0 else (time_default, time_reference)):
+            step()
         log(f"  repeat {r + 1}/{repeats}: reference {reference_slices / ref_times[-1]:.3f} slices/s, "
             f"default {slices / default_times[-1]:.3f} slices/s")
 
@@ -312,14 +323,16 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
     flops, flops_out = conv_flops(arch, size)
     default_rate = _median([slices / t for t in default_times])
     reference_rate = _median([reference_slices / t for t in ref_times])
+    paired = [(slices / d) / (reference_slices / r) for d, r in zip(default_times, ref_times)]
     ceiling = matmul_gflops(matmul_size, precision_used, dev)
     ceiling_fp32 = ceiling if precision_used == "fp32" else matmul_gflops(matmul_size, "fp32", dev)
     gflops = flops * default_rate / 1e9
     return {
         "slices_per_s": default_rate,
         "reference_slices_per_s": reference_rate,
-        "speedup_vs_reference": default_rate / reference_rate,
-        "speedup_per_repeat": [(slices / d) / (reference_slices / r) for d, r in zip(default_times, ref_times)],
+        "speedup_vs_reference": _median(paired),
+        "speedup_of_medians": default_rate / reference_rate,
+        "speedup_per_repeat": paired,
         "gflops": gflops,
         "reference_gflops": flops * reference_rate / 1e9,
         "matmul_ceiling_gflops": ceiling,
