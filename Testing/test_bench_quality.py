@@ -162,6 +162,21 @@ def test_benchmark_runs_are_reused_only_for_the_same_configuration(toy_pair, tmp
     assert other.parent != first.parent and seconds is not None
 
 
+def test_an_inert_default_leaves_a_runs_name_as_before_the_option_existed():
+    """DiCyc's local discriminators at λ 0 train as before they existed: the run digest ignores them there."""
+    from dicyc.bench import digest_config
+    from dicyc.methods import DiCyc
+    from dicyc.train import resolve_config
+
+    config = resolve_config(None, {"method": "dicyc"})
+    assert set(DiCyc.inert_defaults) <= set(config) <= set(digest_config(config)) | set(DiCyc.inert_defaults)
+    assert not set(DiCyc.inert_defaults) & set(digest_config(config))
+    on = resolve_config(None, {"method": "dicyc", "lambda_adv_local": 1.0})
+    assert digest_config(on)["lambda_adv_local"] == 1.0 and digest_config(on) != digest_config(config)
+    deeper = resolve_config(None, {"method": "dicyc", "lambda_adv_local": 1.0, "local_d_layers": 2})
+    assert digest_config(deeper) != digest_config(on)
+
+
 def test_readme_tables_are_made_from_the_json(tiny_result, tmp_path, capsys):
     """tools/quality_tables.py turns a result file into the README's tables (rows for every result)."""
     import importlib.util

@@ -300,6 +300,24 @@ def test_undeformed_adversarial_option_reaches_generator_and_discriminators():
     assert logged["D_und"] > 0 and len(ctx["pools"]["und_b"].images) > before
 
 
+def test_local_adversarial_option_judges_the_undeformed_outputs_with_small_patchgans():
+    """lambda_adv_local > 0: D_local_* (16x16 windows) score G(x), learn from real vs pooled G(x), main Ds untouched."""
+    from dicyc.errors import DicycError
+
+    recipe, nets, ctx = _recipe_and_nets(lambda_adv_local=1.0)
+    assert {"D_local_A", "D_local_B"} <= set(nets) and nets["D_local_A"].n_layers == 1
+    assert set(recipe.optimizer_groups()["D"]) == {"D_A", "D_B", "D_local_A", "D_local_B"}
+    assert {"und_a", "und_b"} <= set(recipe.pools()) and not recipe.judges_undeformed()
+    logged, _ = _run_step(recipe, nets, ctx, *recipe.steps()[0])
+    assert logged["adv_local"] > 0 and "adv_und" not in logged
+    logged, _ = _run_step(recipe, nets, ctx, *recipe.steps()[1])
+    assert logged["D_local"] > 0 and len(ctx["pools"]["und_b"].images) == 2
+    assert "D_und" not in logged
+    assert recipe.synthesis_networks() == ["G_AB", "G_BA"]  # the model file is unchanged
+    with pytest.raises(DicycError, match="local_d_layers must be an integer from 0 to 3"):
+        get_method("dicyc")(_config("dicyc", None, local_d_layers=7))
+
+
 def test_default_method_is_dicyc():
     from dicyc.train import DEFAULT_CONFIG
 

@@ -225,8 +225,10 @@ class DiCyc(AlignedCycleGAN):
     Options that depart from the papers, off by default, each measured in the README:
     ``dicyc_loss: "commutation"`` (|G_T^{B→A}(G^{A→B}(a)) − G^{B→A}(G_T^{A→B}(a))| + B side),
     ``lambda_adv_undeformed`` > 0 (the undeformed outputs are judged too, and reach the
-    discriminators), and ``offset_grid`` / ``offset_max_displacement`` (smooth and bounded
-    offset fields). ``tps_max_displacement`` bounds each control point's move through a tanh,
+    discriminators), ``lambda_adv_local`` > 0 (the undeformed outputs are judged by small
+    PatchGANs of their own, ``local_d_layers`` deep: 1 layer sees 16x16 pixels, too little to
+    tell where anatomy sits, enough to judge its contrast and texture), and ``offset_grid`` /
+    ``offset_max_displacement`` (smooth and bounded offset fields). ``tps_max_displacement`` bounds each control point's move through a tanh,
     in units of half the latent map: 1, the default, lets it reach anywhere on the map.
 
     Synthesis uses the undeformed pass only: the model file holds the generators alone and
@@ -236,8 +238,11 @@ class DiCyc(AlignedCycleGAN):
     name = "dicyc"
     description = "DiCyc (Wang et al. 2021): offset convs + TPS transformer, NMI alignment, dicyc loss, EM training"
     defaults = {"lambda_align": 0.9, "lambda_dicyc": 10.0, "dicyc_loss": "paper", "em": "joint",
-                "lambda_adv_undeformed": 0.0, "tps_grid": 6, "tps_max_displacement": 1.0, "offset_grid": 0,
+                "lambda_adv_undeformed": 0.0, "lambda_adv_local": 0.0, "local_d_layers": 1, "tps_grid": 6, "tps_max_displacement": 1.0, "offset_grid": 0,
                 "offset_max_displacement": 0.0, "offset_stages": ["stem", "down1", "down2", "block0"]}
+    #: options whose default trains exactly as before the option existed (see
+    #: :func:`dicyc.bench.digest_config`): the local discriminators are not built at λ 0
+    inert_defaults = {"lambda_adv_local": 0.0, "local_d_layers": 1}
     use_tps = True
     #: the choices of the string options
     CHOICES = {"dicyc_loss": ("paper", "commutation"), "em": ("joint", "alternate")}
@@ -257,6 +262,9 @@ class DiCyc(AlignedCycleGAN):
                 raise DicycError(f"training option {key} must be one of {', '.join(choices)}; got {config.get(key)!r}.")
         if self.use_tps and not float(config["tps_max_displacement"]) > 0:
             raise DicycError(f"tps_max_displacement must be above 0; got {config['tps_max_displacement']}.")
+        layers = config.get("local_d_layers", 1)
+        if not isinstance(layers, int) or isinstance(layers, bool) or not 0 <= layers <= 3:
+            raise DicycError(f"training option local_d_layers must be an integer from 0 to 3; got {layers!r}.")
 
     def build_networks(self):
         from dicyc.nets.warps import Deformation, TPSTransformer
@@ -275,20 +283,34 @@ class DiCyc(AlignedCycleGAN):
                     latent, grid_size=int(self.config["tps_grid"]),
                     max_displacement=float(self.config["tps_max_displacement"]),
                 )
+        if self.judges_locally():
+            from dicyc.nets import build_discriminator, init_weights
+
+            for domain in ("A", "B"):
+                nets[f"D_local_{domain}"] = build_discriminator(int(self.config["ndf"]),
+                                                                n_layers=int(self.config["local_d_layers"]))
+                init_weights(nets[f"D_local_{domain}"])
         return nets
 
     def optimizer_groups(self):
         groups = {"G": ["G_AB", "G_BA", "O_AB", "O_BA"], "D": ["D_A", "D_B"]}
+        if self.judges_locally():
+            groups["D"] += ["D_local_A", "D_local_B"]
         if self.use_tps:
             groups["T"] = ["T_AB", "T_BA"]
         return groups
 
     def pools(self):
-        extra = ["und_a", "und_b"] if self.judges_undeformed() else []
+        extra = ["und_a", "und_b"] if self.judges_undeformed() or self.judges_locally() else []
         return super().pools() + extra
 
     def judges_undeformed(self):
+        """True if the main discriminators judge the undeformed outputs too (``lambda_adv_undeformed``)."""
         return float(self.config.get("lambda_adv_undeformed", 0.0)) > 0
+
+    def judges_locally(self):
+        """True if small PatchGANs judge the undeformed outputs' local appearance (``lambda_adv_local``)."""
+        return float(self.config.get("lambda_adv_local", 0.0)) > 0
 
     def steps(self):
         if not self.use_tps:
@@ -411,6 +433,10 @@ class DiCyc(AlignedCycleGAN):
         if self.judges_undeformed():
             w = float(self.config["lambda_adv_undeformed"])
             terms["adv_und"] = w * (lsgan_loss(scores[2], True) + lsgan_loss(scores[3], True))
+        if self.judges_locally():
+            w = float(self.config["lambda_adv_local"])
+            terms["adv_local"] = w * (lsgan_loss(nets["D_local_B"](ctx["und_b"]), True)
+                                      + lsgan_loss(nets["D_local_A"](ctx["und_a"]), True))
         total = sum(terms.values())
         logged = {k: float(v.detach()) for k, v in terms.items()}
         logged["G"] = float(total.detach())
@@ -419,16 +445,24 @@ class DiCyc(AlignedCycleGAN):
     def discriminator_step(self, nets, ctx):
         """CycleGAN's LSGAN discriminators on the deformed fakes, plus the undeformed ones when they are judged."""
         total, logged = super().discriminator_step(nets, ctx)
-        if self.judges_undeformed():
-            from dicyc.losses import lsgan_loss
+        if not (self.judges_undeformed() or self.judges_locally()):
+            return total, logged
+        from dicyc.losses import discriminator_loss, lsgan_loss
 
+        pools = ctx["pools"]
+        und_b = pools["und_b"].query(ctx["und_b"])
+        und_a = pools["und_a"].query(ctx["und_a"])
+        if self.judges_undeformed():
             w = float(self.config["lambda_adv_undeformed"])
-            pools = ctx["pools"]
-            und_b = pools["und_b"].query(ctx["und_b"])
-            und_a = pools["und_a"].query(ctx["und_a"])
-            extra = 0.5 * w * (lsgan_loss(nets["D_B"](und_b), False) + lsgan_loss(nets["D_A"](und_a), False))
+            extra = 0.5 * w * (lsgan_loss(nets["D_B"](und_b.detach()), False)
+                               + lsgan_loss(nets["D_A"](und_a.detach()), False))
             total = total + extra
             logged["D_und"] = float(extra.detach())
+        if self.judges_locally():
+            local = (discriminator_loss(nets["D_local_B"], ctx["real_b"], und_b)
+                     + discriminator_loss(nets["D_local_A"], ctx["real_a"], und_a))
+            total = total + local
+            logged["D_local"] = float(local.detach())
         return total, logged
 
 

@@ -68,6 +68,19 @@ def training_config(method, settings, **fields):
     })
 
 
+def digest_config(config):
+    """The part of a resolved training configuration that names a benchmark run.
+
+    Options a recipe lists in ``inert_defaults`` are left out while at that value: such an
+    option was added after earlier runs, and its default trains exactly as before it existed,
+    so adding it does not throw away every finished run.
+    """
+    from dicyc.methods import get_method
+
+    inert = getattr(get_method(config["method"]), "inert_defaults", {})
+    return {k: v for k, v in config.items() if not (k in inert and v == inert[k])}
+
+
 def train_or_reuse(runs_dir, config, a, b, device, log):
     """Train ``config`` on domains ``a``/``b`` under ``runs_dir``, or reuse an identical finished run.
 
@@ -89,7 +102,8 @@ def train_or_reuse(runs_dir, config, a, b, device, log):
         path = Path(spec)
         return path.read_text() if path.suffix == ".txt" and path.is_file() else str(path)
 
-    key = json.dumps({"config": config, "a": describe(a), "b": describe(b), "version": __version__}, sort_keys=True)
+    key = json.dumps({"config": digest_config(config), "a": describe(a), "b": describe(b), "version": __version__},
+                     sort_keys=True)
     run_dir = Path(runs_dir) / f"{config['method']}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if _finished(run_dir):
         log(f"{run_dir}: a finished run with this configuration found, reused")
