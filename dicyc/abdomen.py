@@ -57,9 +57,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dicyc.atomic import write_text
+from dicyc import cohort
 from dicyc.errors import DicycError
-from dicyc.volume import Volume, read_volume, write_volume
+from dicyc.volume import Volume, read_volume
 
 #: Bumped whenever the simulation changes, so that cached cohorts are rebuilt.
 ABDOMEN_VERSION = 1
@@ -825,22 +825,12 @@ def cohort_name(n_subjects=16, n_test=8, seed=0, **options):
 
 def load_cohort(out_dir):
     """The parsed ``cohort.json`` of a cohort folder."""
-    return json.loads((Path(out_dir) / "cohort.json").read_text(encoding="utf-8"))
+    return cohort.load(out_dir)
 
 
 def cohort_files(out_dir, split="train", key="ct"):
     """Absolute paths of one volume kind (a key of :data:`VOLUME_KEYS`) of one split, in subject order."""
-    out_dir = Path(out_dir).resolve()
-    return [out_dir / s[key] for s in load_cohort(out_dir)["subjects"] if split in (None, "all", s["split"])]
-
-
-def _write_lists(out_dir, subjects):
-    for split in ("train", "test"):
-        for key in VOLUME_KEYS:
-            lines = "".join(f"{out_dir / s[key]}\n" for s in subjects if s["split"] == split)
-            path = out_dir / f"{split}_{key}.txt"
-            if not path.is_file() or path.read_text(encoding="utf-8") != lines:
-                write_text(path, lines)
+    return cohort.files(out_dir, split, key)
 
 
 def make_cohort(out_dir, n_subjects=16, n_test=8, seed=0, log=None, **options):
@@ -857,61 +847,34 @@ def make_cohort(out_dir, n_subjects=16, n_test=8, seed=0, log=None, **options):
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown abdominal phantom option(s): {', '.join(sorted(unknown))}")
-    n_subjects, n_test = int(n_subjects), int(n_test)
-    if n_subjects < 1 or not 0 <= n_test <= n_subjects:
-        raise DicycError(f"a cohort needs n_subjects >= 1 and 0 <= n_test <= n_subjects; got {n_subjects} and {n_test}.")
+    n_subjects, n_test = cohort.check_sizes(n_subjects, n_test)
     opts = dict(DEFAULTS, **options)
     if int(opts["n_slices"]) < 2:
         raise DicycError(f"the abdominal phantom needs at least 2 slices; got {opts['n_slices']}.")
     params = _params(n_subjects, n_test, seed, opts)
     out_dir = Path(out_dir).expanduser().resolve()
-    manifest = out_dir / "cohort.json"
-    if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = None
-        if old and old.get("params") == json.loads(json.dumps(params)) and all(
-            (out_dir / s[k]).is_file() for s in old["subjects"] for k in VOLUME_KEYS
-        ):
-            _write_lists(out_dir, old["subjects"])
-            log(f"abdominal phantom cohort {out_dir} is up to date ({n_subjects} subjects)")
-            return out_dir
-        manifest.unlink()  # the folder no longer matches it: rebuilt files must never pass as the old cohort
+    if cohort.reuse(out_dir, params, VOLUME_KEYS):
+        log(f"abdominal phantom cohort {out_dir} is up to date ({n_subjects} subjects)")
+        return out_dir
     started = time.monotonic()
     log(f"simulating a {n_subjects}-subject abdominal MR/CT phantom cohort in {out_dir} ...")
     template = load_template(log=log)
-    out_dir.mkdir(parents=True, exist_ok=True)
     sim = {k: (int(v) if k == "n_slices" else v) for k, v in opts.items()}
-    subjects = []
-    for index in range(n_subjects):
-        name = f"sub-{index:02d}"
-        split = "test" if index >= n_subjects - n_test else "train"
-        volumes, info = simulate_subject(template, index, seed=seed, **sim)
-        files = {key: f"{name}_{key}.nii.gz" for key in VOLUME_KEYS}
-        for key, filename in files.items():
-            vol = volumes[key]
-            if key == "ct":
-                vol = vol.with_array(np.clip(np.rint(vol.array), -1024, 3071).astype(np.int16))
-            elif key == "mr":
-                vol = vol.with_array(np.clip(np.rint(vol.array), 0, 32767).astype(np.int16))
-            write_volume(vol, out_dir / filename)
-        subjects.append({"name": name, "split": split, **files, **info})
-        log(f"  {name} ({split}) written")
-    grid = grid_volume(template, int(opts["n_slices"]))
-    record = {
-        "params": params,
-        "split": {s: [x["name"] for x in subjects if x["split"] == s] for s in ("train", "test")},
-        "subjects": subjects,
-        "grid": {"size": list(grid.size), "spacing": list(grid.spacing), "origin": list(grid.origin),
-                 "direction": grid.direction.ravel().tolist()},
-        "classes": list(CLASSES),
-        "real_slice_hu": template.median_hu,
-        "source": "real anatomy: one abdominal CT slice (pydicom-data explicit_VR-UN.dcm), segmented by HU; "
-                  "simulated: the third dimension, pseudo-subjects, the T2*-weighted MR (1.5 T relaxation: "
-                  "de Bazelaire et al. 2004, Stanisz et al. 2005) and the MR posture (dicyc.abdomen)",
-    }
-    _write_lists(out_dir, subjects)
-    write_text(manifest, json.dumps(record, indent=1) + "\n")  # last: its presence marks a complete cohort
-    log(f"abdominal phantom cohort ready in {time.monotonic() - started:.1f} s: {out_dir}")
-    return out_dir
+
+    def on_disk(key, vol):  # the scans as scanner-like integers: CT in HU, MR signal rounded
+        if key == "ct":
+            return vol.with_array(np.clip(np.rint(vol.array), -1024, 3071).astype(np.int16))
+        if key == "mr":
+            return vol.with_array(np.clip(np.rint(vol.array), 0, 32767).astype(np.int16))
+        return vol
+
+    subjects = cohort.write_subjects(out_dir, n_subjects, n_test, VOLUME_KEYS,
+                                     lambda index: simulate_subject(template, index, seed=seed, **sim), on_disk, log)
+    record = cohort.manifest(
+        params, subjects, grid_volume(template, int(opts["n_slices"])),
+        classes=list(CLASSES), real_slice_hu=template.median_hu,
+        source="real anatomy: one abdominal CT slice (pydicom-data explicit_VR-UN.dcm), segmented by HU; "
+               "simulated: the third dimension, pseudo-subjects, the T2*-weighted MR (1.5 T relaxation: "
+               "de Bazelaire et al. 2004, Stanisz et al. 2005) and the MR posture (dicyc.abdomen)",
+    )
+    return cohort.finish(out_dir, record, VOLUME_KEYS, started, log, "abdominal phantom cohort")

@@ -50,8 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dicyc.atomic import write_text
-from dicyc.volume import Volume, read_volume, write_volume
+from dicyc import cohort
+from dicyc.volume import Volume, read_volume
 
 #: Bumped whenever the simulation changes, so that cached cohorts are rebuilt.
 PHANTOM_VERSION = 3
@@ -276,39 +276,14 @@ def cohort_name(n_subjects=12, n_test=4, spacing=1.8, seed=0, **options):
 VOLUME_KEYS = (*SEQUENCES, *(f"{seq}_clean" for seq in SEQUENCES), "mask")
 
 
-def _subject_files(name):
-    return {key: f"{name}_{key}.nii.gz" for key in VOLUME_KEYS}
-
-
 def load_cohort(out_dir):
     """The parsed ``cohort.json`` of a cohort folder."""
-    return json.loads((Path(out_dir) / "cohort.json").read_text(encoding="utf-8"))
+    return cohort.load(out_dir)
 
 
 def cohort_files(out_dir, split="train", sequence="pd"):
     """Absolute paths of one sequence (``pd``, ``t2``, ``t1``, ``mask``) of one split, in subject order."""
-    out_dir = Path(out_dir).resolve()
-    return [out_dir / s[sequence] for s in load_cohort(out_dir)["subjects"] if split in (None, "all", s["split"])]
-
-
-def _write_lists(out_dir, subjects):
-    for split in ("train", "test"):
-        for seq in VOLUME_KEYS:
-            lines = "".join(f"{out_dir / s[seq]}\n" for s in subjects if s["split"] == split)
-            path = out_dir / f"{split}_{seq}.txt"
-            if not path.is_file() or path.read_text(encoding="utf-8") != lines:
-                write_text(path, lines)
-
-
-def _complete(path):
-    """A cohort file is reused only whole: one cut short (a full disk, a copy) makes the cohort rebuilt."""
-    from dicyc.imagecheck import IncompleteImage, check_image_file
-
-    try:
-        check_image_file(path, strict=True)
-        return path.is_file()
-    except (IncompleteImage, OSError):
-        return False
+    return cohort.files(out_dir, split, sequence)
 
 
 def make_cohort(out_dir, n_subjects=12, n_test=4, spacing=1.8, seed=0, log=None, **options):
@@ -321,60 +296,31 @@ def make_cohort(out_dir, n_subjects=12, n_test=4, spacing=1.8, seed=0, log=None,
     complete) is reused as it is. ``options`` override :data:`DEFAULTS` (``noise``, ``inu``, ``jitter``, ``warp_mm``,
     ``warp_grid_mm``).
     """
-    from dicyc.errors import DicycError
-
     log = log or (lambda message: None)
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown phantom option(s): {', '.join(sorted(unknown))}")
-    n_subjects, n_test = int(n_subjects), int(n_test)
-    if n_subjects < 1 or not 0 <= n_test <= n_subjects:
-        raise DicycError(f"a cohort needs n_subjects >= 1 and 0 <= n_test <= n_subjects; got {n_subjects} and {n_test}.")
+    n_subjects, n_test = cohort.check_sizes(n_subjects, n_test)
     opts = dict(DEFAULTS, **options)
     params = _params(n_subjects, n_test, spacing, seed, opts)
     out_dir = Path(out_dir).expanduser().resolve()
-    manifest = out_dir / "cohort.json"
-    if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = None
-        if old and old.get("params") == json.loads(json.dumps(params)) and all(
-            _complete(out_dir / s[k]) for s in old["subjects"] for k in VOLUME_KEYS
-        ):
-            _write_lists(out_dir, old["subjects"])
-            log(f"phantom cohort {out_dir} is up to date ({n_subjects} subjects)")
-            return out_dir
-    if manifest.is_file():
-        manifest.unlink()  # the folder no longer matches it: rebuilt files must never pass as the old cohort
+    if cohort.reuse(out_dir, params, VOLUME_KEYS):
+        log(f"phantom cohort {out_dir} is up to date ({n_subjects} subjects)")
+        return out_dir
     started = time.monotonic()
     log(f"simulating a {n_subjects}-subject phantom cohort at {float(spacing):g} mm in {out_dir} ...")
     template = load_template(spacing, log=log)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    subjects = []
-    for index in range(n_subjects):
-        name = f"sub-{index:02d}"
-        split = "test" if index >= n_subjects - n_test else "train"
-        volumes, info = simulate_subject(template, index, seed=seed, **opts)
-        files = _subject_files(name)
-        for seq, filename in files.items():
-            vol = volumes[seq]
-            if seq in SEQUENCES:  # scanner-like integers; sigma is >= 10 units, so rounding is immaterial
-                vol = vol.with_array(np.clip(np.rint(vol.array), 0, 32767).astype(np.int16))
-            write_volume(vol, out_dir / filename)
-        subjects.append({"name": name, "split": split, **files, **info})
-        log(f"  {name} ({split}) written")
-    grid = template.grid
-    record = {
-        "params": params,
-        "split": {s: [x["name"] for x in subjects if x["split"] == s] for s in ("train", "test")},
-        "subjects": subjects,
-        "grid": {"size": list(grid.size), "spacing": list(grid.spacing), "origin": list(grid.origin),
-                 "direction": grid.direction.ravel().tolist()},
-        "source": "MNI152 2009a symmetric T1 + GM/WM probability maps (nilearn; Fonov et al. 2011), "
-                  "BrainWeb 1.5 T tissue parameters (Kwan et al. 1999; Cocosco et al. 1997)",
-    }
-    _write_lists(out_dir, subjects)
-    write_text(manifest, json.dumps(record, indent=1) + "\n")  # last: its presence marks a complete cohort
-    log(f"phantom cohort ready in {time.monotonic() - started:.1f} s: {out_dir}")
-    return out_dir
+
+    def on_disk(key, vol):  # scanner-like integers; sigma is >= 10 units, so rounding is immaterial
+        if key not in SEQUENCES:
+            return vol
+        return vol.with_array(np.clip(np.rint(vol.array), 0, 32767).astype(np.int16))
+
+    subjects = cohort.write_subjects(out_dir, n_subjects, n_test, VOLUME_KEYS,
+                                     lambda index: simulate_subject(template, index, seed=seed, **opts), on_disk, log)
+    record = cohort.manifest(
+        params, subjects, template.grid,
+        source="MNI152 2009a symmetric T1 + GM/WM probability maps (nilearn; Fonov et al. 2011), "
+               "BrainWeb 1.5 T tissue parameters (Kwan et al. 1999; Cocosco et al. 1997)",
+    )
+    return cohort.finish(out_dir, record, VOLUME_KEYS, started, log, "phantom cohort")
