@@ -93,9 +93,9 @@ def make_error_node(scene, synthetic_node, reference_node, name=None):
     return node
 
 
-def slice_composite_nodes(scene):
-    """{layout name: slice composite node} of every slice view in the scene."""
-    nodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+def _by_layout(scene, class_name):
+    """{layout name (or node ID where it has none): node} of every ``class_name`` node in the scene."""
+    nodes = scene.GetNodesByClass(class_name)
     found = {}
     for i in range(nodes.GetNumberOfItems()):
         node = nodes.GetItemAsObject(i)
@@ -103,13 +103,18 @@ def slice_composite_nodes(scene):
     return found
 
 
+def slice_composite_nodes(scene):
+    """{layout name: slice composite node} of every slice view in the scene."""
+    return _by_layout(scene, "vtkMRMLSliceCompositeNode")
+
+
+def _slice_nodes(scene):
+    """{layout name: slice node} of every slice view in the scene."""
+    return _by_layout(scene, "vtkMRMLSliceNode")
+
+
 def _slice_node(scene, layout_name):
-    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
-    for i in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(i)
-        if node.GetLayoutName() == layout_name:
-            return node
-    return None
+    return _slice_nodes(scene).get(layout_name)
 
 
 OVERLAY_LAYOUTS = ("reveal", "side-by-side")
@@ -186,15 +191,6 @@ def create_slice_views(scene, names=("Red", "Yellow", "Green")):
 
 
 # ===================================================================== giving the views back
-def _slice_nodes(scene):
-    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
-    found = {}
-    for i in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(i)
-        found[node.GetLayoutName() or node.GetID()] = node
-    return found
-
-
 def save_view_state(scene):
     """What a comparison may change in the views, so that :func:`restore_view_state` can give it back.
 
