@@ -325,6 +325,8 @@ def probe_is_steady(rounds, ratio=None):
     """True if every candidate's timed rounds (seconds per slice) agree within ``ratio``."""
     ratio = PROBE_STEADY_RATIO if ratio is None else ratio
     return all(len(r) >= 2 and max(r) <= ratio * min(r) for r in rounds.values())
+
+
 LAYOUTS = ("nchw", "cl")
 
 
@@ -538,7 +540,8 @@ class _Runner:
         arch = getattr(self.generator.module, "architecture", lambda: {})()
         size = f"{arch.get('generator')}-ngf{arch.get('ngf')}-b{arch.get('n_blocks')}-{arch.get('upsample')}"
         h, w = self._shape
-        return f"synthesis-fp32-path|{size}|{h}x{w}|batch{self.batch}|threads{torch.get_num_threads()}"
+        # "v2": choices cached by the earlier probe (one timing per candidate, no margin) are measured again
+        return f"synthesis-fp32-path-v2|{size}|{h}x{w}|batch{self.batch}|threads{torch.get_num_threads()}"
 
     def _candidates(self):
         """(layout, batch, batches per timed trial) for the path probe, the default first."""
