@@ -228,8 +228,9 @@ class DiCyc(AlignedCycleGAN):
     discriminators), ``lambda_adv_local`` > 0 (the undeformed outputs are judged by small
     PatchGANs of their own, ``local_d_layers`` deep: 1 layer sees 16x16 pixels, too little to
     tell where anatomy sits, enough to judge its contrast and texture), and ``offset_grid`` /
-    ``offset_max_displacement`` (smooth and bounded offset fields). ``tps_max_displacement`` bounds each control point's move through a tanh,
-    in units of half the latent map: 1, the default, lets it reach anywhere on the map.
+    ``offset_max_displacement`` (smooth and bounded offset fields). ``tps_max_displacement``
+    bounds each control point's move through a tanh, in units of half the latent map: 1, the
+    default, lets it reach anywhere on the map.
 
     Synthesis uses the undeformed pass only: the model file holds the generators alone and
     costs what a CycleGAN costs.
@@ -238,8 +239,9 @@ class DiCyc(AlignedCycleGAN):
     name = "dicyc"
     description = "DiCyc (Wang et al. 2021): offset convs + TPS transformer, NMI alignment, dicyc loss, EM training"
     defaults = {"lambda_align": 0.9, "lambda_dicyc": 10.0, "dicyc_loss": "paper", "em": "joint",
-                "lambda_adv_undeformed": 0.0, "lambda_adv_local": 0.0, "local_d_layers": 1, "tps_grid": 6, "tps_max_displacement": 1.0, "offset_grid": 0,
-                "offset_max_displacement": 0.0, "offset_stages": ["stem", "down1", "down2", "block0"]}
+                "lambda_adv_undeformed": 0.0, "lambda_adv_local": 0.0, "local_d_layers": 1, "tps_grid": 6,
+                "tps_max_displacement": 1.0, "offset_grid": 0, "offset_max_displacement": 0.0,
+                "offset_stages": ["stem", "down1", "down2", "block0"]}
     #: options whose default trains exactly as before the option existed (see
     #: :func:`dicyc.bench.digest_config`): the local discriminators are not built at λ 0
     inert_defaults = {"lambda_adv_local": 0.0, "local_d_layers": 1}
