@@ -60,11 +60,11 @@ def _complete(path):
 
 def reuse(out_dir, params, keys):
     """True if ``out_dir`` already holds this cohort (its list files refreshed); else clears its manifest."""
-    manifest = out_dir / "cohort.json"
-    if not manifest.is_file():
+    path = out_dir / "cohort.json"
+    if not path.is_file():
         return False
     try:
-        old = json.loads(manifest.read_text(encoding="utf-8"))
+        old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         old = None
     if old and old.get("params") == json.loads(json.dumps(params)) and all(
@@ -72,7 +72,7 @@ def reuse(out_dir, params, keys):
     ):
         write_lists(out_dir, old["subjects"], keys)
         return True
-    manifest.unlink()  # the folder no longer matches it: rebuilt files must never pass as the old cohort
+    path.unlink()  # the folder no longer matches it: rebuilt files must never pass as the old cohort
     return False
 
 
