@@ -295,27 +295,27 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
         runner.finish_probe()
     with torch.no_grad():
         generator(torch.from_numpy(x[:1, None]).to(dev)).cpu()  # reference warm-up
-    def time_reference():
-        _sync(dev)
-        t0 = time.perf_counter()
+    def reference():
         with torch.no_grad():
             for i in range(reference_slices):
                 generator(torch.from_numpy(x[i : i + 1, None]).to(dev)).cpu()
-        _sync(dev)
-        ref_times.append(time.perf_counter() - t0)
 
-    def time_default():
-        _sync(dev)
-        t0 = time.perf_counter()
+    def default():
         with torch.inference_mode():
             runner.run_range(x, out, 0, 0, slices, accumulate=False)
+
+    def timed(work, times):
         _sync(dev)
-        default_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        work()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
 
     for r in range(repeats):
         # the order alternates, so a load that rises or falls through the run favours neither
-        for step in ((time_reference, time_default) if r % 2 == 0 else (time_default, time_reference)):
-            step()
+        pair = ((reference, ref_times), (default, default_times))
+        for work, times in (pair if r % 2 == 0 else pair[::-1]):
+            timed(work, times)
         log(f"  repeat {r + 1}/{repeats}: reference {reference_slices / ref_times[-1]:.3f} slices/s, "
             f"default {slices / default_times[-1]:.3f} slices/s")
 
