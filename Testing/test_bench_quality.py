@@ -123,6 +123,24 @@ def test_head_benchmark_scores(tmp_path):
     assert "head Dice" in head.summary(result)
 
 
+def test_head_benchmark_takes_method_variants(tmp_path):
+    """``NAME[key=value]`` trains the named method with that option, and its files get a plain name."""
+    from dicyc.bench import head
+    from dicyc.errors import DicycError
+    from dicyc.modelfile import read_card
+
+    settings = {"spacing": 8.0, "slice_size": 32, "ngf": 4, "n_blocks": 1, "ndf": 4, "iterations": 2, "batch_size": 1}
+    result = head.run(_args(tmp_path, methods=["dicyc[lambda_adv_local=1]"]), log=lambda m: None, settings=settings)
+    (row,) = result["results"]
+    assert row["method"] == "dicyc[lambda_adv_local=1]"
+    training = read_card(Path(row["run"]) / "model.safetensors")["training"]
+    assert training["method"] == "dicyc" and training["lambda_adv_local"] == 1
+    assert (tmp_path / "report-dicyc_lambda_adv_local_1" / "compare.png").exists()
+    assert (tmp_path / "synthetic-ct-dicyc_lambda_adv_local_1.nii.gz").exists()
+    with pytest.raises(DicycError, match="named once"):
+        head.run(_args(tmp_path, methods=["cyclegan", "cyclegan"]), log=lambda m: None, settings=settings)
+
+
 def test_head_alignment_scores_on_constructed_volumes():
     """A synthetic CT that is the source head exactly scores Dice 1 and no head-rest; a rest is counted."""
     from dicyc.bench.head import alignment_and_realism

@@ -50,6 +50,36 @@ def machine_info():
     return info
 
 
+def parse_method(spec):
+    """``NAME`` or ``NAME[key=value,...]`` → (label, method name, options).
+
+    Every benchmark that compares methods takes variants this way, so an ablation of the quality
+    benchmark can be rerun on the real head data with the same spelling.
+
+    Values are read as JSON where they parse (numbers, true/false, null), else as text.
+    """
+    import json
+    import re
+
+    from dicyc.errors import DicycError
+
+    match = re.fullmatch(r"([a-z0-9-]+)(?:\[(.*)\])?", spec.strip())
+    if not match:
+        raise DicycError(f"method {spec!r} is not NAME or NAME[key=value,...].")
+    name, body = match.group(1), match.group(2)
+    options = {}
+    for item in filter(None, (part.strip() for part in re.split(r"[,;]", body or ""))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DicycError(f"method option {item!r} in {spec!r} is not key=value.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value.strip()
+    label = name if not options else name + "[" + ",".join(f"{k}={json.dumps(v)}" for k, v in options.items()) + "]"
+    return label, name, options
+
+
 def training_config(method, settings, **fields):
     """The resolved training configuration of one benchmark run from its protocol ``settings``.
 

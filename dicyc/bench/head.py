@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dicyc.errors import DicycError
 from dicyc.metrics import dice
 
 SETTINGS = {
@@ -99,7 +100,7 @@ def alignment_and_realism(synthetic, source_mr, real_ct, masks=None):
 
 
 def run(args, log, settings=None):
-    from dicyc.bench import machine_info, train_or_reuse, training_config
+    from dicyc.bench import machine_info, parse_method, train_or_reuse, training_config
     from dicyc.modelfile import load_model
     from dicyc.samples import default_cache_dir, prepare
     from dicyc.synthesize import synthesize_volume
@@ -109,22 +110,26 @@ def run(args, log, settings=None):
     started = time.monotonic()
     mode = "quick" if args.quick else "full"
     s = dict(SETTINGS[mode], **(settings or {}))
-    methods = list(getattr(args, "methods", None) or DEFAULT_METHODS)
+    specs = [parse_method(m) for m in (getattr(args, "methods", None) or DEFAULT_METHODS)]
+    methods = [label for label, _, _ in specs]
+    if len(set(methods)) != len(methods):
+        raise DicycError(f"each method may be named once; got {', '.join(methods)}.")
     root = Path(args.out) if getattr(args, "out", None) else default_cache_dir() / "bench" / f"head-{mode}"
     paths = prepare(["head-mr", "head-ct"], log=log)
     mr, ct = read_volume(paths["head-mr"]), read_volume(paths["head-ct"])
     results = []
-    for method in methods:
-        config = training_config(method, s, modality_a="MR", modality_b="CT", name_a="Colin27 T1",
-                                 name_b="InVesalius CT")
+    for method, name, options in specs:
+        config = training_config(name, s, modality_a="MR", modality_b="CT", name_a="Colin27 T1",
+                                 name_b="InVesalius CT", **options)
+        stem = file_stem(method)
         model_path, seconds = train_or_reuse(root / "runs", config, str(paths["head-mr"]), str(paths["head-ct"]),
                                              args.device, log)
         # unmasked: the head-rest score needs to see what the generator puts outside the head
         synthetic = synthesize_volume(load_model(model_path), mr, direction="a2b", precision="fp32", device=args.device,
                                       mask_background=False)
-        write_volume(synthetic, root / f"synthetic-ct-{method}.nii.gz")
+        write_volume(synthetic, root / f"synthetic-ct-{stem}.nii.gz")
         scores = alignment_and_realism(synthetic, mr, ct)
-        compare_volumes(synthetic, mr, root / f"report-{method}", tiles=8, error_units="window",
+        compare_volumes(synthetic, mr, root / f"report-{stem}", tiles=8, error_units="window",
                         a_name=f"synthetic CT ({method})", b_name="source MR (Colin27 T1)", modality_a="CT",
                         modality_b="MR")
         results.append({"method": method, "training_seconds": seconds, "run": str(model_path.parent), **scores})
@@ -135,17 +140,25 @@ def run(args, log, settings=None):
             "machine": machine_info(), "wall_s": round(time.monotonic() - started, 1)}
 
 
+def file_stem(label):
+    """A method label as a file-name part: ``dicyc[lambda_adv_local=1]`` → ``dicyc_lambda_adv_local_1``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_")
+
+
 def _number(value, spec):
     return "n/a" if value is None else format(value, spec)
 
 
 def summary(result):
-    lines = [f"{'method':12s} {'head Dice':>9s} {'dist mm':>7s} {'NMI(src)':>8s} {'head-rest ml':>12s} {'HU W1':>7s} "
+    w = max([12] + [len(r["method"]) for r in result["results"]])
+    lines = [f"{'method':{w}s} {'head Dice':>9s} {'dist mm':>7s} {'NMI(src)':>8s} {'head-rest ml':>12s} {'HU W1':>7s} "
              f"{'streaks':>7s}  air/soft/bone (real)"]
     for r in result["results"]:
         f, g = r["fractions"], r["real_fractions"]
         lines.append(
-            f"{r['method']:12s} {r['dice_head']:9.3f} {_number(r.get('surface_distance_mean_mm'), '7.2f')} "
+            f"{r['method']:{w}s} {r['dice_head']:9.3f} {_number(r.get('surface_distance_mean_mm'), '7.2f')} "
             f"{r['nmi_source']:8.3f} {r['headrest_ml']:12.1f} {r['hu_wasserstein']:7.1f} "
             f"{_number(r.get('streak_ratio'), '7.2f')}  "
             f"{f['air']:.2f}/{f['soft_tissue']:.2f}/{f['bone']:.2f} ({g['air']:.2f}/{g['soft_tissue']:.2f}/{g['bone']:.2f})"

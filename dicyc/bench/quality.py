@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dicyc.bench import parse_method  # noqa: F401  (re-exported: tests and callers use it here)
 from dicyc.errors import DicycError
 
 #: protocol settings; ``quick`` fits a 2-core CPU, ``full`` is the papers' size (a GPU)
@@ -68,28 +69,6 @@ DICYC_FAMILY = ("dicyc", "gcc-dicyc", "mind-dicyc", "dicyclegan")
 
 
 # ===================================================================== method specs
-def parse_method(spec):
-    """``NAME`` or ``NAME[key=value,...]`` → (label, method name, options).
-
-    Values are read as JSON where they parse (numbers, true/false, null), else as text.
-    """
-    match = re.fullmatch(r"([a-z0-9-]+)(?:\[(.*)\])?", spec.strip())
-    if not match:
-        raise DicycError(f"method {spec!r} is not NAME or NAME[key=value,...].")
-    name, body = match.group(1), match.group(2)
-    options = {}
-    for item in filter(None, (part.strip() for part in re.split(r"[,;]", body or ""))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DicycError(f"method option {item!r} in {spec!r} is not key=value.")
-        try:
-            options[key.strip()] = json.loads(value)
-        except ValueError:
-            options[key.strip()] = value.strip()
-    label = name if not options else name + "[" + ",".join(f"{k}={json.dumps(v)}" for k, v in options.items()) + "]"
-    return label, name, options
-
-
 # ===================================================================== data
 def _zscore(array, mask):
     values = array[mask]
