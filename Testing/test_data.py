@@ -291,6 +291,57 @@ def test_sampler_reproducible_resumable_and_rank_dependent(tagged):
         assert all(np.array_equal(x, y) for x, y in zip(np.concatenate(want), np.concatenate(got)))
 
 
+def _indexed_domain(lengths, body=None):
+    """A domain of in-memory volumes whose every pixel holds 100 × volume + slice index (exact in float16).
+
+    Every slice of a volume is a body slice unless ``body`` narrows them, so the ends, where a
+    slab's neighbours are clamped, are drawn too.
+    """
+    from dicyc.data import DomainData
+
+    volumes = [np.broadcast_to((100 * v + np.arange(n, dtype=np.float16))[:, None, None], (n, S, S)).astype(np.float16)
+               for v, n in enumerate(lengths)]
+    bodies = [np.arange(n) if body is None else np.asarray(body[v]) for v, n in enumerate(lengths)]
+    return DomainData("CT", volumes, bodies, [None] * len(lengths), [None] * len(lengths), [None] * len(lengths),
+                      (1.0, 1.0), S)
+
+
+@pytest.mark.parametrize("context", [1, 3, 5])
+def test_context_sampler_returns_neighbouring_slices_of_one_volume(context):
+    """A slab is the drawn body slice in its middle channel and its neighbours in order, clamped at the ends."""
+    a = _indexed_domain((7, 4, 12))
+    b = _indexed_domain((9, 3), body=([0, 8], [1]))  # only the first and last slice of B volume 0 are drawn
+    half = context // 2
+    seen_centres, seen_clamped = set(), 0
+    for mode in ("random", "same-patient", "position"):
+        sampler = UnpairedSampler(a, b, 6, mode=mode, seed=2, context_slices=context)
+        for _ in range(15):
+            for batch, data in zip(next(sampler), (a, b)):
+                assert batch.shape == (6, context, S, S) and batch.dtype == torch.float32
+                assert (batch == batch[:, :, :1, :1]).all()  # each channel is one whole slice
+                labels = batch[:, :, 0, 0].numpy().astype(int)
+                for row in labels:
+                    volume, centre = divmod(int(row[half]), 100)
+                    assert centre in data.body_slices[volume]  # the middle channel is the drawn body slice
+                    nz = data.volumes[volume].shape[0]
+                    want = [100 * volume + min(max(centre + d, 0), nz - 1) for d in range(-half, half + 1)]
+                    assert row.tolist() == want
+                    seen_centres.add((id(data), volume, centre))
+                    seen_clamped += int(centre < half or centre > nz - 1 - half)
+    assert len(seen_centres) > 15
+    assert seen_clamped > 0 or context == 1  # the ends were drawn, and clamped
+
+
+def test_context_slices_must_be_odd_and_positive():
+    from dicyc.data import check_context_slices
+
+    assert check_context_slices(3) == 3 and check_context_slices(np.int64(1)) == 1
+    a = _indexed_domain((5,))
+    for bad in (0, 2, -1, True, 3.0, "3"):
+        with pytest.raises(DicycError, match="context_slices must be an odd"):
+            UnpairedSampler(a, a, 2, context_slices=bad)
+
+
 # --------------------------------------------------------------------------- augmentation
 def _noise_batch(n=8):
     g = torch.Generator().manual_seed(0)
@@ -328,6 +379,20 @@ def test_augment_flip_only_mirrors():
     out = augment(x, torch.Generator().manual_seed(4), {"flip": 1.0, "rotate_deg": 0, "shear": 0, "translate": 0,
                                                         "scale": [1, 1]})
     torch.testing.assert_close(out, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)
+
+
+def test_augment_moves_the_channels_of_a_slab_alike():
+    """One affine per sample, for all its channels: each channel is warped exactly as it would be alone."""
+    g = torch.Generator().manual_seed(5)
+    slabs = torch.rand((12, 3, S, S), generator=g) * 2 - 1
+    out = augment(slabs, torch.Generator().manual_seed(6))
+    assert not torch.allclose(out, slabs, atol=1e-3)
+    for k in range(3):  # the same seed draws the same affines for a one-channel batch of as many samples
+        alone = augment(slabs[:, k : k + 1].contiguous(), torch.Generator().manual_seed(6))
+        torch.testing.assert_close(out[:, k : k + 1], alone, atol=1e-6, rtol=0)
+    # and a slab of three equal slices stays three equal slices
+    same = augment(slabs[:, :1].repeat(1, 3, 1, 1), torch.Generator().manual_seed(7))
+    assert torch.equal(same[:, 0], same[:, 1]) and torch.equal(same[:, 0], same[:, 2])
 
 
 # --------------------------------------------------------------------------- throughput

@@ -203,6 +203,9 @@ def _write_raw(path, tensors, card):
         (lambda c: c["architecture"].pop("ngf"), "'architecture.ngf'"),
         (lambda c: c["architecture"].update(upsample="bilinear"), "'architecture.upsample'"),
         (lambda c: c.update(format="other"), "'format'"),
+        (lambda c: c.update(context_slices=2), "'context_slices'"),
+        (lambda c: c.update(context_slices=True), "'context_slices'"),
+        (lambda c: c.update(context_slices=3), "'architecture.input_nc' and 'output_nc'"),  # 1-channel generators
     ],
 )
 def test_refuses_card_with_missing_or_bad_key(tmp_path, gens, mutate, key):
@@ -297,3 +300,17 @@ def test_a_dicyc_family_model_file_holds_exactly_cyclegans_tensors(toy_pair, tmp
 
     ours, cyclegan = tensors(method), tensors("cyclegan")
     assert ours == cyclegan and any(k.startswith("G_AB.") for k in ours) and any(k.startswith("G_BA.") for k in ours)
+
+
+def test_2p5d_model_round_trip(tmp_path):
+    """A 3-slice model (context_slices 3, generators of 3 channels in and out) is written and read back exactly."""
+    arch = dict(ARCH, input_nc=3, output_nc=3)
+    torch.manual_seed(1)
+    nets = {"G_AB": build_generator(arch), "G_BA": build_generator(arch)}
+    path = save_model(tmp_path / "k3.safetensors", nets, make_card(architecture=arch, context_slices=3))
+    model = load_model(path)
+    assert read_card(path)["context_slices"] == 3
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    want = outputs(nets, x)
+    with torch.no_grad():
+        assert torch.equal(model.generator("a2b")(x), want["G_AB"])

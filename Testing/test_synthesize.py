@@ -539,3 +539,166 @@ def test_sagittal_acquisition_is_synthesised_in_axial_slices(model):
     out_sag = synthesize_volume(model, sagittal, precision="fp32")
     assert out_sag.same_grid(sagittal)
     np.testing.assert_allclose(to_canonical(out_sag)[0].array, out_ax.array, atol=1e-4)
+
+
+# ===================================================================== 2.5-D context
+class _SliceFunction(torch.nn.Module):
+    """A generator computing ``fn(x)`` on a (B, K, H, W) batch: with an elementwise ``fn``, a per-slice model."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class _StandInModel:
+    """What synthesis reads of a loaded model file: a card (CT to CT) and the generator of each direction."""
+
+    def __init__(self, fn, context, with_key=True):
+        self.card = make_card(a=("CT", "CT", CT_NORM))
+        self.card["architecture"] = dict(ARCH, input_nc=context, output_nc=context)
+        if with_key:
+            self.card["context_slices"] = context
+        self.path = f"stand-in-{context}"
+        self.module = _SliceFunction(fn)
+
+    def generator(self, direction):
+        return self.module
+
+
+def _ct_stack(nz=11, ny=36, nx=32, seed=4):
+    """CT-like values that differ from slice to slice and pixel to pixel, on the model's in-plane spacing."""
+    rng = np.random.default_rng(seed)
+    arr = rng.uniform(-800.0, 1700.0, (nz, ny, nx)).astype(np.float32)
+    return Volume(arr, (2.0, 2.0, 2.5))
+
+
+def _synth(model, vol, **kw):
+    return syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", mask_background=False, **kw)
+
+
+def test_overlap_average_of_a_per_slice_model_is_exactly_its_per_slice_prediction(monkeypatch, tmp_path):
+    """A model that maps every slice on its own gives, averaged over the overlapping slabs, exactly what
+    the 2-D path gives: each prediction lands on its own slice, ends included, whatever the batching."""
+    monkeypatch.setenv("DICYC_CACHE", str(tmp_path))  # the path probe's choice stays in this test
+    vol = _ct_stack()
+    fn = lambda x: 0.5 * x + 0.25  # noqa: E731
+    flat, info1 = _synth(_StandInModel(fn, 1), vol)
+    for context, batch in ((3, 4), (3, 1), (5, 3)):
+        out, info = _synth(_StandInModel(fn, context), vol, batch=batch)
+        assert info["context_slices"] == context and info["slices"] == vol.shape[0]
+        assert np.array_equal(out.array, flat.array), (context, batch)
+    assert info1["context_slices"] == 1
+    # a per-slice model that knows nothing of its neighbours: the identity, exactly
+    same, _ = _synth(_StandInModel(lambda x: x, 3), vol, batch=4)
+    ref, _ = _synth(_StandInModel(lambda x: x, 1), vol)
+    assert np.array_equal(same.array, ref.array)
+
+
+@pytest.mark.parametrize("weighting,end", [("triangular", 1.0 / 3.0), ("uniform", 1.0 / 2.0)])
+def test_overlap_weights_and_ends(weighting, end, monkeypatch):
+    """Slab position j predicts its slice shifted by (j - 1) * 0.01: symmetric weights cancel that inside
+    the volume, and the end slices, predicted by only two slabs, keep the weighted share of one shift."""
+    monkeypatch.setenv(syn.PATH_ENV, "nchw:4")
+    vol = _ct_stack()
+
+    def shifted(x):
+        k = x.shape[1]
+        return x + 0.01 * (torch.arange(k, dtype=x.dtype) - k // 2).view(1, k, 1, 1)
+
+    flat, _ = _synth(_StandInModel(lambda x: x, 1), vol)
+    out, _ = _synth(_StandInModel(shifted, 3), vol, context_weighting=weighting)
+    hu = 0.01 * (2000.0 + 1024.0) / 2.0  # 0.01 of the network's range in HU
+    diff = (out.array.astype(np.float64) - flat.array) / hu
+    assert np.abs(diff[1:-1]).max() < 1e-3
+    np.testing.assert_allclose(diff[0], -end, atol=1e-3)
+    np.testing.assert_allclose(diff[-1], end, atol=1e-3)
+    with pytest.raises(DicycError, match="context weighting"):
+        _synth(_StandInModel(shifted, 3), vol, context_weighting="gaussian")
+
+
+def test_2p5d_model_synthesises_the_axial_view_only():
+    with pytest.raises(DicycError, match="2.5-D model .*axial view only"):
+        _synth(_StandInModel(lambda x: x, 3), _ct_stack(), views=("axial", "coronal"))
+
+
+def test_old_model_files_synthesise_as_before(model, tmp_path, monkeypatch):
+    """A card without context_slices is a 2-D model; saying context_slices 1 changes nothing, bit for bit,
+    and the result is the generator run slice by slice (with --views still averaging planes)."""
+    monkeypatch.setenv(syn.PATH_ENV, "cl:4")  # one path for both (the probe may choose differently per run)
+    card = make_card()
+    assert "context_slices" not in card and "context_slices" not in model.card
+    card["context_slices"] = 1
+    explicit = load_model(save_model(tmp_path / "k1.safetensors", make_generators(), card))
+    vol = mr_phantom()
+    for views in (("axial",), ("axial", "coronal", "sagittal")):
+        old, info = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", batch=4, views=views)
+        new = syn.synthesize_volume(explicit, vol, device="cpu", precision="fp32", batch=4, views=views)
+        assert info["context_slices"] == 1 and np.array_equal(old.array, new.array)
+    # the 2-D path by hand, on the model's grid: normalise, the module as trained on each slice, clip, to HU
+    monkeypatch.setenv(syn.PATH_ENV, "nchw:1")
+    vol = Volume(mr_phantom(shape=(5, 40, 36), spacing=(2.0, 2.0, 3.0)).array, (2.0, 2.0, 3.0))
+    out = syn.synthesize_volume(model, vol, device="cpu", precision="fp32", mask_background=False)
+    norm = syn.source_normalization(model.card["domains"]["a"], vol.array, syn.body_mask(vol))
+    x = syn._normalize_inplace(vol.array.astype(np.float32), norm)
+    with torch.no_grad():
+        y = np.stack([model.generator("a2b")(torch.from_numpy(s)[None, None])[0, 0].numpy() for s in x])
+    want = syn._denormalize_inplace(np.clip(y, -1, 1), syn.target_normalization(model.card["domains"]["b"]))
+    assert np.array_equal(out.array, want)
+
+
+def test_2p5d_inference_holds_a_few_slabs_not_a_volume(tmp_path, monkeypatch):
+    """The slab average writes in place: while the generator runs, a 3-slice model holds a few batches
+    of slices besides the volume, as a 2-D one does, never a second model-space volume."""
+    card = make_card()
+    card["architecture"] = dict(ARCH, input_nc=3, output_nc=3)
+    card["context_slices"] = 3
+    torch.manual_seed(0)
+    three = load_model(save_model(tmp_path / "k3.safetensors",
+                                  {n: build_generator(card["architecture"]) for n in ("G_AB", "G_BA")}, card))
+    one = load_model(save_model(tmp_path / "k1.safetensors", make_generators(), make_card()))
+    vol = mr_phantom(shape=(96, 64, 64), spacing=(2.0, 2.0, 2.0))
+    monkeypatch.setenv(syn.PATH_ENV, "cl:4")
+    peaks, run_view = {}, syn._Runner.run_view
+
+    def measured(runner, x, out, axis, accumulate):  # numpy allocations while the generator runs
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        run_view(runner, x, out, axis, accumulate)
+        peaks[runner.context] = tracemalloc.get_traced_memory()[1] - before
+
+    monkeypatch.setattr(syn._Runner, "run_view", measured)
+    tracemalloc.start()
+    try:
+        for m in (one, three):
+            out = syn.synthesize_volume(m, vol, device="cpu", precision="fp32", batch=4)
+            assert out.same_grid(vol) and np.isfinite(out.array).all()
+    finally:
+        tracemalloc.stop()
+    slice_bytes = 64 * 64 * 4
+    assert peaks[3] < 48 * slice_bytes and peaks[1] < 48 * slice_bytes, {k: v / slice_bytes for k, v in peaks.items()}
+
+
+def test_2p5d_averaging_lowers_slice_streaks(monkeypatch):
+    """A stand-in for slice-wise inference: each slab's prediction is off by an amount that depends on its
+    middle slice, as independent 2-D predictions are. Averaging the overlapping slabs lowers the streak index."""
+    from dicyc.metrics import slice_streaks
+
+    monkeypatch.setenv(syn.PATH_ENV, "nchw:8")
+    nz, n = 32, 48
+    z, y, x = np.meshgrid(np.linspace(-1, 1, nz), np.linspace(-1, 1, n), np.linspace(-1, 1, n), indexing="ij")
+    r = x ** 2 / 0.7 + y ** 2 / 0.6 + z ** 2 / 1.6
+    arr = np.where(r < 1, 300.0 + 400.0 * np.cos(3 * x) * np.cos(2 * y) + 100.0 * z, -1000.0).astype(np.float32)
+    vol = Volume(arr, (2.0, 2.0, 2.0))
+
+    def off_by_slab(t):  # a pseudo-random offset per slab, from its middle slice, up to ±0.1 (150 HU)
+        middle = t[:, t.shape[1] // 2].double().mean(dim=(1, 2))
+        return t + (0.1 * torch.sin(997.0 * middle)).to(t.dtype).view(-1, 1, 1, 1)
+
+    mask = arr > -500
+    index = {k: slice_streaks(_synth(_StandInModel(off_by_slab, k), vol)[0], mask)["streak_index"] for k in (1, 3)}
+    clean = slice_streaks(_synth(_StandInModel(lambda t: t, 1), vol)[0], mask)["streak_index"]
+    assert index[1] > 1.5 * clean  # the stand-in streaks
+    assert index[3] < 0.7 * index[1], (clean, index)

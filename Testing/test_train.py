@@ -240,7 +240,40 @@ def test_new_run_refuses_to_overwrite_and_resume_refuses_architecture_change(toy
         prepare_run(out, "cyclegan", mr, ct)
     with pytest.raises(DicycError, match="ngf cannot change"):
         prepare_run(out, None, None, None, overrides={"ngf": 16}, resume=True)
+    with pytest.raises(DicycError, match="context_slices cannot change"):
+        prepare_run(out, None, None, None, overrides={"context_slices": 3}, resume=True)
+    # a run from before the option was 2-D: resuming it with the 2-D value is no change
+    saved = json.loads((out / "config.json").read_text())
+    del saved["config"]["context_slices"]
+    (out / "config.json").write_text(json.dumps(saved))
+    config, _, _ = prepare_run(out, None, None, None, overrides={"context_slices": 1}, resume=True)
+    assert config["context_slices"] == 1
     config, a, b = prepare_run(out, None, None, None, overrides={"iterations": 4}, resume=True)
     assert config["iterations"] == 4 and a == str(Path(mr).resolve())
     saved = json.loads((out / "config.json").read_text())
     assert saved["config"]["iterations"] == 4
+
+
+def test_context_slices_option(run_dicyc):
+    """context_slices is odd and at least 1 in a config or on the command line, and --help documents it."""
+    from dicyc.train import resolve_config
+
+    assert resolve_config(None, {"context_slices": 3})["context_slices"] == 3
+    assert resolve_config(None, {})["context_slices"] == 1
+    for bad in (0, 2, -3, "three"):
+        with pytest.raises(DicycError, match="context_slices must be"):
+            resolve_config(None, {"context_slices": bad})
+    r = run_dicyc("train", "--help")
+    assert r.returncode == 0 and "--context-slices" in r.stdout and "neighbouring axial" in " ".join(r.stdout.split())
+
+
+def test_2d_benchmark_runs_keep_their_folder_names():
+    """Benchmarks reuse finished runs by a digest of their configuration: a 2-D run's must not change
+    because the configuration now holds context_slices 1, while a 2.5-D run is another run."""
+    from dicyc.bench import digest_config
+    from dicyc.train import resolve_config
+
+    config = resolve_config(None, {"method": "cyclegan", "ngf": 16})
+    before = {k: v for k, v in config.items() if k != "context_slices"}  # as resolved before the option
+    assert digest_config(config) == digest_config(before)
+    assert digest_config(dict(config, context_slices=3)) != digest_config(config)

@@ -256,6 +256,9 @@ TRAIN_OPTIONS = [
     ("--ndf", "ndf", int, "discriminator base channels (papers: 64)"),
     ("--upsample", "upsample", str, "transpose (reference) or resize (against checkerboard artefacts)"),
     ("--slice-size", "slice_size", int, "training slice size in pixels, a multiple of 4 (default 128)"),
+    ("--context-slices", "context_slices", int, "2.5-D context: each network sees and predicts N neighbouring axial "
+     "slices as channels (odd; default 1, a 2-D model); synthesis averages the N predictions of every slice, "
+     "against slice-to-slice streaks in coronal and sagittal views, at about the 2-D model's cost"),
     ("--batch-size", "batch_size", int, "slices per domain per iteration (papers: 1)"),
     ("--precision", "precision", str, "auto (default: bf16 where the CPU or GPU computes it natively, else fp32), "
      "fp32, bf16 or fp16 (autocast; weights, checkpoints and model files stay fp32)"),

@@ -409,20 +409,45 @@ class _Index:
         self.pos = np.concatenate([np.arange(n) for n in self.counts]).astype(np.int64)
         self.total = int(self.counts.sum())
 
-    def gather(self, vols, slices):
-        """Batch (N, 1, S, S) float32 by fancy-indexing each memmap once, in slice order."""
+    def gather(self, vols, slices, context=1):
+        """Batch (N, K, S, S) float32, K = ``context``: slab n holds slices ``slices[n]`` - K//2 …
+        ``slices[n]`` + K//2 of volume ``vols[n]``, clamped to the volume's first and last slice.
+
+        Why clamped: synthesis builds its end slabs the same way (:mod:`dicyc.synthesize`), so a
+        network never meets at synthesis an edge it was not trained on; the drawn centre slices
+        are body slices, and their neighbours may be any slice of the same volume. Each memmap is
+        fancy-indexed once, on the sorted distinct slices its slabs need.
+        """
         s = self.data.slice_size
-        out = np.empty((len(vols), 1, s, s), dtype=np.float32)
+        half = int(context) // 2
+        out = np.empty((len(vols), int(context), s, s), dtype=np.float32)
+        steps = np.arange(-half, half + 1, dtype=np.int64)
         for v in np.unique(vols):
+            volume = self.data.volumes[int(v)]
             sel = np.nonzero(vols == v)[0]
-            order = np.argsort(slices[sel], kind="stable")
-            sel = sel[order]
-            out[sel, 0] = self.data.volumes[int(v)][slices[sel]]
+            wanted = np.clip(slices[sel][:, None] + steps[None, :], 0, volume.shape[0] - 1)
+            unique, inverse = np.unique(wanted.ravel(), return_inverse=True)
+            out[sel] = volume[unique][inverse.reshape(wanted.shape)]
         return out
 
 
+def check_context_slices(value):
+    """``context_slices`` as an int, refused in one sentence unless it is odd and at least 1.
+
+    Odd, because a slab is a centre slice with as many neighbours above as below it: the centre
+    is the slice a drawn index names, and synthesis averages the slabs around each slice.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 or value % 2 == 0:
+        raise DicycError(f"context_slices must be an odd whole number of at least 1 (1, 3, 5, …); got {value!r}.")
+    return int(value)
+
+
 class UnpairedSampler:
-    """Endless iterator of unpaired ``(a, b)`` float32 tensor batches (N, 1, S, S).
+    """Endless iterator of unpaired ``(a, b)`` float32 tensor batches (N, K, S, S).
+
+    K = ``context_slices`` (1: single slices; 3: each sample is a slab of a drawn body slice
+    and its two neighbours in the same volume, as channels, for 2.5-D networks). Every mode
+    below draws the centre slices; the neighbours come with them (:meth:`_Index.gather`).
 
     Modes: ``"random"`` (uniform over all body slices, A and B independent); ``"same-patient"``
     (a minibatch's A slices come from one volume and its B slices from one volume, the volume
@@ -431,7 +456,9 @@ class UnpairedSampler:
     to ``offset`` slices). Ranks of a distributed run draw independent streams of the same seed.
     """
 
-    def __init__(self, data_a, data_b, batch_size, mode="random", offset=5, seed=0, rank=0, world_size=1):
+    def __init__(self, data_a, data_b, batch_size, mode="random", offset=5, seed=0, rank=0, world_size=1,
+                 context_slices=1):
+        context_slices = check_context_slices(context_slices)
         if mode not in SAMPLING_MODES:
             raise DicycError(f"unknown sampling mode {mode!r}; use one of {', '.join(SAMPLING_MODES)}.")
         if data_a.slice_size != data_b.slice_size:
@@ -450,6 +477,7 @@ class UnpairedSampler:
         self.mode = mode
         self.offset = max(0, int(offset))
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.context_slices = context_slices
         self.batches_drawn = 0
 
     def __iter__(self):
@@ -459,7 +487,8 @@ class UnpairedSampler:
         import torch
 
         (va, sa), (vb, sb) = self.draw_indices()
-        return torch.from_numpy(self.a.gather(va, sa)), torch.from_numpy(self.b.gather(vb, sb))
+        k = self.context_slices
+        return torch.from_numpy(self.a.gather(va, sa, k)), torch.from_numpy(self.b.gather(vb, sb, k))
 
     def _batch_rng(self, t):
         """Batch ``t``'s generator: a pure function of (seed, rank, t).
@@ -550,8 +579,9 @@ def augment(batch, generator=None, cfg=None):
 
     The seed papers (CycleGAN-family synthesis, DiCyc) augment the training slices of every
     method alike, so comparisons measure the method, not the augmentation. Each sample gets one
-    affine matrix (``affine_grid`` + bilinear ``grid_sample``); pixels brought in from outside
-    are the background value -1. ``generator`` (a CPU ``torch.Generator``) makes it
+    affine matrix (``affine_grid`` + bilinear ``grid_sample``), applied alike to all its
+    channels, so the neighbouring slices of a 2.5-D slab stay aligned with each other; pixels
+    brought in from outside are the background value -1. ``generator`` (a CPU ``torch.Generator``) makes it
     reproducible. ``cfg`` overrides :data:`AUGMENT_DEFAULTS` (``flip`` probability,
     ``rotate_deg`` ±, ``shear`` ±, ``translate`` ± fraction of the size, ``scale`` [low, high]);
     ``False`` or all-zero ranges return the batch unchanged.

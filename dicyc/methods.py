@@ -27,6 +27,11 @@ class Recipe:
     def __init__(self, config):
         self.config = config
 
+    @property
+    def context(self):
+        """K, the neighbouring axial slices each network sees and predicts (``context_slices``; 1 = 2-D)."""
+        return int(self.config.get("context_slices", 1) or 1)
+
     def prepare(self, data_a, data_b, device, log):
         """Work needed once before training (e.g. pre-training a feature extractor)."""
 
@@ -36,15 +41,20 @@ class Recipe:
 
     # -- networks --------------------------------------------------------------
     def architecture(self):
-        """The generator architecture recorded in the model card (what synthesis rebuilds)."""
+        """The generator architecture recorded in the model card (what synthesis rebuilds).
+
+        A 2.5-D model (``context_slices`` K > 1) takes K neighbouring slices as channels and
+        predicts the K corresponding slices, so G_BA reads G_AB's output as it reads a real slab
+        and the cycle stays consistent; only the first and last convolutions grow.
+        """
         c = self.config
         return {
             "generator": "resnet",
             "ngf": int(c["ngf"]),
             "n_blocks": int(c["n_blocks"]),
             "upsample": c["upsample"],
-            "input_nc": 1,
-            "output_nc": 1,
+            "input_nc": self.context,
+            "output_nc": self.context,
         }
 
     def build_networks(self):
@@ -53,8 +63,8 @@ class Recipe:
         nets = {
             "G_AB": build_generator(self.architecture()),
             "G_BA": build_generator(self.architecture()),
-            "D_A": build_discriminator(int(self.config["ndf"])),
-            "D_B": build_discriminator(int(self.config["ndf"])),
+            "D_A": build_discriminator(int(self.config["ndf"]), input_nc=self.context),
+            "D_B": build_discriminator(int(self.config["ndf"]), input_nc=self.context),
         }
         for net in nets.values():
             init_weights(net)
@@ -134,6 +144,16 @@ class CycleGAN(Recipe):
         return total, {"D_A": float(d_a.detach()), "D_B": float(d_b.detach())}
 
 
+def per_slice(batch):
+    """(N, K, H, W) → (N·K, 1, H, W): a 2.5-D slab's slices as a batch of single slices (a view).
+
+    The similarity measures and Cycle-MedGAN's feature extractors expect one channel; folding K
+    into the batch applies them slice by slice without changing any of them. K = 1 is unchanged.
+    """
+    n, k, h, w = batch.shape
+    return batch if k == 1 else batch.reshape(n * k, 1, h, w)
+
+
 class AlignedCycleGAN(CycleGAN):
     """CycleGAN plus a source–synthesis alignment term on each direction.
 
@@ -145,9 +165,15 @@ class AlignedCycleGAN(CycleGAN):
     defaults = {"lambda_align": 0.9}
 
     def alignment(self, source, synthetic):
-        """Loss (≥ 0) that is small when ``synthetic`` keeps the structure of ``source``."""
+        """Loss (≥ 0) that is small when ``synthetic`` keeps the structure of ``source``.
+
+        The measures compare single slices (N, 1, H, W); the K slices of a 2.5-D slab are
+        folded into the batch (:func:`per_slice`), so each slice is held to its own source slice
+        and the loss is the mean over all of them, as for a batch of N·K 2-D slices.
+        """
         from dicyc import similarity as sim
 
+        source, synthetic = per_slice(source), per_slice(synthetic)
         if self.similarity == "nmi":
             return 1.0 - sim.nmi(source, synthetic).mean()
         if self.similarity == "gc":
@@ -290,7 +316,8 @@ class DiCyc(AlignedCycleGAN):
 
             for domain in ("A", "B"):
                 nets[f"D_local_{domain}"] = build_discriminator(int(self.config["ndf"]),
-                                                                n_layers=int(self.config["local_d_layers"]))
+                                                                n_layers=int(self.config["local_d_layers"]),
+                                                                input_nc=self.context)
                 init_weights(nets[f"D_local_{domain}"])
         return nets
 
@@ -540,8 +567,8 @@ class UNIT(Recipe):
             nets = build_unit_pair(self.architecture())  # G_AB, G_BA: one shared module inside both
         except ValueError as exc:  # e.g. shared_blocks 0
             raise DicycError(f"the unit method cannot build its networks: {exc}.") from None
-        nets["D_A"] = build_discriminator(int(self.config["ndf"]))
-        nets["D_B"] = build_discriminator(int(self.config["ndf"]))
+        nets["D_A"] = build_discriminator(int(self.config["ndf"]), input_nc=self.context)
+        nets["D_B"] = build_discriminator(int(self.config["ndf"]), input_nc=self.context)
         return nets
 
     def steps(self):
@@ -636,9 +663,10 @@ class CycleMedGAN(CycleGAN):
         from dicyc.similarity import perceptual_loss, style_loss
 
         terms = super().generator_losses(nets, ctx)
+        # the extractors are pre-trained on single slices: a 2.5-D slab is judged slice by slice
         feats = {
-            "a": (nets["F_A"](ctx["real_a"]), nets["F_A"](ctx["rec_a"])),
-            "b": (nets["F_B"](ctx["real_b"]), nets["F_B"](ctx["rec_b"])),
+            "a": (nets["F_A"](per_slice(ctx["real_a"])), nets["F_A"](per_slice(ctx["rec_a"]))),
+            "b": (nets["F_B"](per_slice(ctx["real_b"])), nets["F_B"](per_slice(ctx["rec_b"]))),
         }
         terms["cycle_perceptual"] = self.config["lambda_perceptual"] * sum(perceptual_loss(r, c) for r, c in feats.values())
         terms["cycle_style"] = self.config["lambda_style"] * sum(style_loss(r, c) for r, c in feats.values())

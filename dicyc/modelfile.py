@@ -162,6 +162,14 @@ def check_card(card, path="model card"):
             bad("'architecture.shared_blocks'", f"must be at least 1, got {shared}")
         if arch.get("direction", "a2b") not in DIRECTIONS:
             bad("'architecture.direction'", f"is {arch['direction']!r}, expected 'a2b' or 'b2a' (or none)")
+    # 2.5-D models (absent: a 2-D model, as every card before the option): the generators read and
+    # write K neighbouring slices as channels, so their channel counts must be K
+    context = card.get("context_slices", 1)
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1 or context % 2 == 0:
+        bad("'context_slices'", f"must be an odd integer of at least 1, got {context!r}")
+    if "context_slices" in card and not arch["input_nc"] == arch["output_nc"] == context:
+        bad("'architecture.input_nc' and 'output_nc'",
+            f"must both equal context_slices {context}, got {arch['input_nc']} and {arch['output_nc']}")
     domains = card.get("domains")
     if not isinstance(domains, dict):
         bad("'domains'", "is missing or not an object")

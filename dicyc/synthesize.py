@@ -3,14 +3,17 @@
 The generator was trained on axial slices at the card's in-plane spacing with intensities in
 [-1, 1], so synthesis (1) maps the input's intensities the way training did, (2) resamples
 in-plane to the training spacing, (3) runs the generator slice by slice on full-size slices
-(it is fully convolutional; each slice is only padded to a multiple of 4), (4) maps the output
+(it is fully convolutional; each slice is only padded to a multiple of 4; a 2.5-D model runs on
+the slab of neighbouring slices around each slice and averages each slice's overlapping
+predictions, see :class:`_SlabAverage`), (4) maps the output
 back to the target domain's units (HU for CT) and (5) resamples onto the input's exact grid,
 so the result overlays the input voxel for voxel.
 
 Memory: a 512x512x300 CT is ~300 MB per float32 copy. Resampling runs slab by slab
 (:func:`resample_slabs`) straight into one float32 array, so SimpleITK never holds a
 whole-volume copy; the model-space volume is built once and normalised in place; generator
-results go batch by batch over their own input slices (one view) or into one preallocated
+results go batch by batch over their own input slices (one view; for a 2.5-D model once a
+slice's last overlapping prediction is in) or into one preallocated
 float32 array (several views); the inverse intensity map runs in place; and each whole-volume
 intermediate is dropped as soon as the next step no longer needs it (see
 :func:`synthesize_volume_with_info`).
@@ -115,6 +118,26 @@ def check_target(model, direction, expect_target):
         raise DicycError(
             f"model {_model_name(model)} synthesises {_label(tgt)} from {_label(src)} ({direction}), not {expect_target}."
         )
+
+
+def model_context(model, views=("axial",)):
+    """K, the axial slices the model's generators read and predict at once (1 for cards without it).
+
+    Refuses in one sentence a card whose generators do not have K channels in and out, and
+    views other than axial for K > 1: the model's context runs along the axial stack only.
+    """
+    card = getattr(model, "card", None) or {}
+    context = card.get("context_slices", 1)
+    arch = card.get("architecture") or {}
+    if arch.get("input_nc", 1) != context or arch.get("output_nc", 1) != context:
+        if "context_slices" not in card:
+            raise DicycError(f"{_model_name(model)} has a multi-channel generator; synthesis handles single-channel volumes only.")
+        raise DicycError(f"{_model_name(model)} has generators of {arch.get('input_nc')} and {arch.get('output_nc')} "
+                         f"channels for a context of {context} slices; the file is inconsistent.")
+    if context > 1 and tuple(views) != ("axial",):
+        raise DicycError(f"{_model_name(model)} is a 2.5-D model (context_slices {context}) that already averages "
+                         "neighbouring axial slices, so it synthesises the axial view only; leave --views at axial.")
+    return int(context)
 
 
 def _model_spacing(model):
@@ -408,16 +431,17 @@ def _pad_amounts(n):
 
 
 def _pad_batch(slab):
-    """Pad (B, H, W) slices to sides that are multiples of 4 (reflecting, -1 where too small)."""
-    _, h, w = slab.shape
+    """Pad (B, H, W) slices or (B, K, H, W) slabs to sides that are multiples of 4 (reflecting, -1 where too small)."""
+    h, w = slab.shape[-2:]
     (t, b), (l, r) = _pad_amounts(h), _pad_amounts(w)
     if t == b == l == r == 0:
         return np.ascontiguousarray(slab, dtype=np.float32), (0, 0)
     reflect = max(t, b) < h and max(l, r) < w
+    widths = ((0, 0),) * (slab.ndim - 2) + ((t, b), (l, r))
     if reflect:
-        padded = np.pad(slab, ((0, 0), (t, b), (l, r)), mode="reflect")
+        padded = np.pad(slab, widths, mode="reflect")
     else:
-        padded = np.pad(slab, ((0, 0), (t, b), (l, r)), mode="constant", constant_values=-1.0)
+        padded = np.pad(slab, widths, mode="constant", constant_values=-1.0)
     return np.ascontiguousarray(padded, dtype=np.float32), (t, l)
 
 
@@ -428,6 +452,79 @@ def _take(x, axis, s, e):
     if axis == 1:
         return x[:, s:e, :].transpose(1, 0, 2)
     return x[:, :, s:e].transpose(2, 0, 1)
+
+
+def _take_slabs(x, s, e, context):
+    """(B, K, H, W) copy of the axial slabs centred on slices s..e of ``x``, K = ``context``.
+
+    Indices beyond the volume's ends are clamped to its first or last slice, as the training
+    sampler clamps them (:meth:`dicyc.data._Index.gather`). A copy of one batch only: memory
+    stays bounded by the batch, not by the volume.
+    """
+    half = context // 2
+    index = np.clip(np.arange(s, e)[:, None] + np.arange(-half, half + 1)[None, :], 0, x.shape[0] - 1)
+    return x[index]
+
+
+#: how the K predictions of one slice are weighted (position j of K in the slab that predicted it)
+CONTEXT_WEIGHTS = ("triangular", "uniform")
+
+
+def context_weights(context, kind="triangular"):
+    """Weights of the K slab positions: "triangular" (1, 2, …, h+1, …, 2, 1), "uniform" (all 1).
+
+    Triangular trusts a slice most where it was the centre of its slab (context on both sides)
+    and least where it was an edge channel; small integers keep the weighted mean of identical
+    predictions exact.
+    """
+    if kind not in CONTEXT_WEIGHTS:
+        raise DicycError(f"unknown context weighting {kind!r}; use {' or '.join(CONTEXT_WEIGHTS)}.")
+    half = context // 2
+    if kind == "uniform":
+        return np.ones(context, dtype=np.float64)
+    return np.array([half + 1 - abs(j - half) for j in range(context)], dtype=np.float64)
+
+
+class _SlabAverage:
+    """The weighted mean of every axial slice's overlapping predictions, written in place.
+
+    A 2.5-D model predicts K slices per slab; slab c covers slices c-h … c+h (h = K//2), so each
+    slice is predicted by the slabs of every centre within h of it (fewer at the volume's ends).
+    Their weighted mean is what suppresses the slice-to-slice streaks of independent 2-D
+    predictions. Why in place: the slabs that *read* slice z are exactly the slabs that *predict*
+    it, so once slice z has its last prediction no slab will read it again and its mean can
+    overwrite the normalised input, which keeps synthesis at one model-space volume (the 2-D path's
+    memory). Sums of the slices still waiting are float64 and a few batches deep at most.
+    """
+
+    def __init__(self, out, context, weights):
+        self.out, self.context, self.half = out, int(context), int(context) // 2
+        self.weights = np.asarray(weights, dtype=np.float64)
+        nz = out.shape[0]
+        z = np.arange(nz)
+        self.remaining = np.minimum(z, self.half) + np.minimum(nz - 1 - z, self.half) + 1
+        self.pending = {}
+
+    def add(self, s, e, result):
+        """Add the (B, K, H, W) predictions of the slabs centred on s..e; finish the slices they complete."""
+        nz = self.out.shape[0]
+        for i, c in enumerate(range(s, e)):
+            for j in range(self.context):
+                z = c - self.half + j
+                if not 0 <= z < nz:
+                    continue  # a clamped copy of an end slice, predicted again from its own position
+                total = self.pending.get(z)
+                if total is None:
+                    total = self.pending[z] = [np.zeros(result.shape[-2:], dtype=np.float64), 0.0]
+                total[0] += self.weights[j] * result[i, j]
+                total[1] += self.weights[j]
+                self.remaining[z] -= 1
+                if self.remaining[z] == 0:
+                    values, weight = self.pending.pop(z)
+                    self.out[z] = values / weight
+
+    def done(self):
+        return not self.pending and not self.remaining.any()
 
 
 def _put(out, axis, s, e, result, accumulate):
@@ -504,8 +601,12 @@ class _Runner:
     largest batch used.
     """
 
-    def __init__(self, generator, device, precision, batch, progress, total=0, cache=True):
+    def __init__(self, generator, device, precision, batch, progress, total=0, cache=True, context=1,
+                 weights="triangular"):
         self.generator, self.device, self.batch = _InferenceModel(generator), device, batch
+        self.context = int(context)
+        self.weights = context_weights(self.context, weights)
+        self.average = None  # the 2.5-D slab average of the axial view (context > 1)
         self.progress, self.total, self.done = progress, total, 0
         self.precision = precision
         self.dtype = None  # decided before the first batch for explicit precisions, at it for auto
@@ -539,6 +640,8 @@ class _Runner:
 
         arch = getattr(self.generator.module, "architecture", lambda: {})()
         size = f"{arch.get('generator')}-ngf{arch.get('ngf')}-b{arch.get('n_blocks')}-{arch.get('upsample')}"
+        if self.context > 1:
+            size += f"-c{self.context}"
         h, w = self._shape
         # "v2": choices cached by the earlier probe (one timing per candidate, no margin) are measured again
         return f"synthesis-fp32-path-v2|{size}|{h}x{w}|batch{self.batch}|threads{torch.get_num_threads()}"
@@ -613,22 +716,24 @@ class _Runner:
         return self.layout, self.batch, None
 
     def _infer(self, slab, layout=None):
+        """Generator output for (B, H, W) slices, or for (B, K, H, W) slabs of a 2.5-D model (same shape out)."""
         import torch
 
         padded, (top, left) = _pad_batch(slab)
-        h, w = slab.shape[1:]
-        batch = torch.from_numpy(padded[:, None]).to(self.device)
+        h, w = slab.shape[-2:]
+        batch = torch.from_numpy(padded if padded.ndim == 4 else padded[:, None]).to(self.device)
         del padded
+        channels = 0 if slab.ndim == 3 else slice(None)
         y = _forward(self.generator, batch, self.dtype, layout or self.layout or "nchw")
         if not self.decided:
             low = _forward(self.generator, batch, self.probe_dtype)
-            crop = (slice(None), 0, slice(top, top + h), slice(left, left + w))
+            crop = (slice(None), channels, slice(top, top + h), slice(left, left + w))
             self.psnr = _psnr(low[crop], y[crop])
             if self.psnr >= PSNR_THRESHOLD_DB:
                 self.dtype = self.probe_dtype
                 y = low
             self.decided = True
-        return y[:, 0, top : top + h, left : left + w].cpu().numpy()
+        return y[:, channels, top : top + h, left : left + w].cpu().numpy()
 
     def run_range(self, x, out, axis, start, stop, accumulate):
         """Slices start..stop along ``axis``, ``self.batch`` at a time (halved on out-of-memory)."""
@@ -642,7 +747,10 @@ class _Runner:
             e = min(s + size * (trial[3] if trial else 1), stop)
             t0 = time.perf_counter()
             try:
-                result = self._infer(_take(x, axis, s, e), layout)
+                if self.context > 1:
+                    result = self._infer(_take_slabs(x, s, e, self.context), layout)
+                else:
+                    result = self._infer(_take(x, axis, s, e), layout)
             except (RuntimeError, MemoryError) as exc:
                 if not _is_oom(exc):
                     raise
@@ -664,7 +772,10 @@ class _Runner:
                     self.path_rounds.setdefault((trial[0], trial[1]), []).append((time.perf_counter() - t0) / (e - s))
                 if not self._trials:
                     self._finish_probe()
-            _put(out, axis, s, e, result, accumulate)
+            if self.context > 1:
+                self.average.add(s, e, result)
+            else:
+                _put(out, axis, s, e, result, accumulate)
             del result
             self.done += e - s
             if self.progress is not None:
@@ -690,6 +801,10 @@ class _Runner:
             self._finish_probe()
 
     def run_view(self, x, out, axis, accumulate):
+        if self.context > 1:  # 2.5-D: axial slabs, each slice's predictions averaged into ``out`` (which is ``x``)
+            if axis != 0 or accumulate or out is not x:
+                raise RuntimeError("a 2.5-D model runs the axial view alone, in place")
+            self.average = _SlabAverage(out, self.context, self.weights)
         n = x.shape[axis]
         if self.decided:
             self.run_range(x, out, axis, 0, n, accumulate)
@@ -712,6 +827,7 @@ def synthesize_volume_with_info(
     expect_target=None,
     mask_background=True,
     name="the input volume",
+    context_weighting="triangular",
 ):
     """Synthesise the other domain from ``volume``; returns ``(Volume, info)``.
 
@@ -722,6 +838,13 @@ def synthesize_volume_with_info(
     ``views`` other than axial run the same 2-D generator on coronal/sagittal slices of an
     isotropic model grid and average the results: this reduces slice-to-slice flicker, but the
     model was trained on axial slices only, so those views are an approximation.
+    A 2.5-D model (card ``context_slices`` K > 1) runs on the slab of K neighbouring axial
+    slices centred on each slice (clamped at the ends, as in training) and predicts all K of
+    them; each slice's up to K predictions are averaged, weighted by ``context_weighting``
+    (:func:`context_weights`: "triangular", the default, trusts the centre most, or "uniform"),
+    in place as the last prediction of a slice arrives (:class:`_SlabAverage`). It runs as
+    many generator passes as a 2-D model, whose first and last convolutions are the only
+    wider ones, and holds no more memory.
     ``progress(done, total)`` counts slices and is called after every batch.
     ``mask_background`` sets voxels outside the input's body mask to the target background
     (-1024 HU for CT) rather than whatever the generator hallucinated in the air.
@@ -748,13 +871,12 @@ def synthesize_volume_with_info(
     model_name = _model_name(model)
     src, tgt = _domains(model, direction)
     check_target(model, direction, expect_target)
-    arch = model.card.get("architecture") or {}
-    if arch.get("input_nc", 1) != 1 or arch.get("output_nc", 1) != 1:
-        raise DicycError(f"{model_name} has a multi-channel generator; synthesis handles single-channel volumes only.")
+    context = model_context(model, views)
     spacing_xy = _model_spacing(model)
     tgt_norm = target_normalization(tgt, model_name)
     dev = resolve_device(device)
-    runner = _Runner(model.generator(direction).to(dev).eval(), dev, precision, batch, progress)
+    runner = _Runner(model.generator(direction).to(dev).eval(), dev, precision, batch, progress, context=context,
+                     weights=context_weighting)
     runner.decide_explicit()  # an unsupported --precision fails before any heavy work
     notes = _modality_warnings(volume.array, src)
     for note in notes:
@@ -789,6 +911,8 @@ def synthesize_volume_with_info(
         for i, view in enumerate(views):
             runner.run_view(x, out, _VIEW_AXIS[view], accumulate=i > 0)
     runner.finish_probe()
+    if runner.average is not None and not runner.average.done():  # every slice gets its last prediction
+        raise RuntimeError("the 2.5-D slab average left slices unfinished")
     del x
     if len(views) > 1:
         out /= np.float32(len(views))
@@ -819,6 +943,7 @@ def synthesize_volume_with_info(
         "batch": runner.batch,
         "path": runner.path_info(),
         "views": list(views),
+        "context_slices": context,
         "model_grid": list(model_grid),
         "direction": direction,
         "warnings": notes,
@@ -855,6 +980,7 @@ def synthesize_file(model_path, input_path, output_path, direction="a2b", device
     dev = resolve_device(device)
     model = load_model(model_path, device=dev)
     check_target(model, direction, expect_target)
+    model_context(model, _check_options(precision, batch, views))  # a 2.5-D model with other views fails before the volume is read
     if direction not in getattr(model, "directions", DIRECTIONS):
         src, tgt = _domains(model, direction)
         raise DicycError(

@@ -40,6 +40,8 @@ DEFAULT_CONFIG = {
     "position_offset": 5,
     "augment": True,
     "mr_normalization": "percentile",
+    # 2.5-D context: each network sees and predicts this many neighbouring axial slices (odd; 1 = 2-D)
+    "context_slices": 1,
     # networks
     "ngf": 64,
     "n_blocks": 9,
@@ -72,9 +74,9 @@ DEFAULT_CONFIG = {
 
 #: keys that fix the networks or the data space: a resumed run cannot change them.
 FROZEN_ON_RESUME = ("method", "ngf", "n_blocks", "ndf", "upsample", "slice_size", "spacing", "modality_a", "modality_b",
-                    "shared_blocks", "tps_grid", "offset_grid", "precision")
+                    "shared_blocks", "tps_grid", "offset_grid", "precision", "context_slices")
 
-_INT_KEYS = ("slice_size", "position_offset", "ngf", "n_blocks", "ndf", "batch_size", "pool_size", "max_epochs",
+_INT_KEYS = ("slice_size", "context_slices", "position_offset", "ngf", "n_blocks", "ndf", "batch_size", "pool_size", "max_epochs",
              "constant_epochs", "patience_constant", "patience_decay", "decay_epochs", "checkpoint_every", "log_every", "seed")
 _FLOAT_KEYS = ("lr", "beta1", "beta2", "lambda_cycle", "lambda_identity")
 
@@ -199,6 +201,9 @@ def validate_config(config):
         raise DicycError(f"mr_normalization must be percentile or meanstd; got {config['mr_normalization']!r}.")
     if config["slice_size"] % 4:
         raise DicycError(f"slice_size must be a multiple of 4 (two stride-2 stages); got {config['slice_size']}.")
+    from dicyc.data import check_context_slices
+
+    check_context_slices(config["context_slices"])
     if config["iterations"] is not None:
         config["iterations"] = _as_int("iterations", config["iterations"])
         if config["iterations"] < 1:
@@ -421,7 +426,8 @@ def _save_preview(path, nets, fixed_a, fixed_b, names):
     ]
     fig, axes = plt.subplots(2, 3, figsize=(9, 6.2))
     for ax, (img, title) in zip(axes.ravel(), rows):
-        ax.imshow(img[0, 0].float().cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+        centre = img.shape[1] // 2  # the slab's middle slice (the only one of a 2-D model)
+        ax.imshow(img[0, centre].float().cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     fig.tight_layout()
@@ -469,6 +475,7 @@ def model_card(recipe, config, data_a, data_b, iterations_done, epoch, precision
         },
         "spacing": list(config["spacing"]),
         "slice_size": config["slice_size"],
+        "context_slices": int(config.get("context_slices", 1)),
         "training": dict(config, iterations_done=int(iterations_done), epoch=int(epoch), precision_used=precision),
         "precision": {"training": precision, "weights": "fp32"},
         "method_details": recipe.card_details(),
@@ -541,14 +548,16 @@ def _saved_precision(ckpt_path):
     return state.get("precision") or "fp32"
 
 
-def _fixed_slice(data):
-    """The middle body slice of the first volume: the same preview every epoch."""
+def _fixed_slice(data, context=1):
+    """The middle body slice of the first volume (with its neighbours for 2.5-D): the same preview every epoch."""
     import numpy as np
     import torch
 
+    from dicyc.data import _Index
+
     idx = data.body_slices[0][len(data.body_slices[0]) // 2]
-    arr = np.asarray(data.volumes[0][idx], dtype=np.float32)
-    return torch.from_numpy(arr)[None, None]
+    slab = _Index(data).gather(np.zeros(1, np.int64), np.array([idx], np.int64), context)
+    return torch.from_numpy(slab)
 
 
 def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=None, log=None, show_progress=None,
@@ -629,7 +638,7 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
         pools = {name: ImagePool(config["pool_size"], pool_gen) for name in recipe.pools()}
         sampler = UnpairedSampler(
             data_a, data_b, config["batch_size"], mode=config["sampling"], offset=config["position_offset"],
-            seed=config["seed"], rank=dist.rank, world_size=dist.world_size,
+            seed=config["seed"], rank=dist.rank, world_size=dist.world_size, context_slices=config["context_slices"],
         )
         epoch_length = config["epoch_length"] or max(1, max(data_a.n_slices, data_b.n_slices) // config["batch_size"])
         schedule = Schedule(config, epoch_length)
@@ -643,7 +652,8 @@ def train(a, b, out_dir, config, resume=False, device="auto", progress_jsonl=Non
             precision.load_state_dict(extra.get("precision"))
             log(f"resuming {out_dir} from iteration {iteration} (epoch {epoch})")
         total = schedule.total_iterations
-        fixed_a, fixed_b = _fixed_slice(data_a).to(dev), _fixed_slice(data_b).to(dev)
+        context = config["context_slices"]
+        fixed_a, fixed_b = _fixed_slice(data_a, context).to(dev), _fixed_slice(data_b, context).to(dev)
         names = (config["name_a"], config["name_b"])
 
         def write_outputs(kind, improved=False):
@@ -817,6 +827,7 @@ def prepare_run(out_dir, method, a, b, config_file=None, overrides=None, resume=
         file_config = load_config_file(config_file) if config_file else {}
         old = dict(old)
         old.setdefault("precision", "fp32")  # runs from before the precision option trained in fp32
+        old.setdefault("context_slices", 1)  # runs from before the option were 2-D
         changes = {**file_config, **explicit}  # flags given beat the file, the file beats the saved run
         if "max_epochs" in changes and "iterations" not in changes and old.get("iterations") is not None:
             raise DicycError(f"this run counts iterations ({old['iterations']}), so an epoch limit would be ignored; "

@@ -103,11 +103,12 @@ def digest_config(config):
 
     Options a recipe lists in ``inert_defaults`` are left out while at that value: such an
     option was added after earlier runs, and its default trains exactly as before it existed,
-    so adding it does not throw away every finished run.
+    so adding it does not throw away every finished run. ``context_slices`` 1 (2-D, as every
+    run before the option) is such a default for every method.
     """
     from dicyc.methods import get_method
 
-    inert = getattr(get_method(config["method"]), "inert_defaults", {})
+    inert = {"context_slices": 1, **getattr(get_method(config["method"]), "inert_defaults", {})}
     return {k: v for k, v in config.items() if not (k in inert and v == inert[k])}
 
 
