@@ -157,6 +157,13 @@ def test_every_method_trains_one_iteration():
     assert set(r) == set(METHODS)
 
 
+def test_measure_context_cost_times_a_2p5d_model_against_a_2d_one():
+    r = speed.measure_context_cost(ngf=4, n_blocks=1, size=32, slices=5, repeats=2, context=3)
+    assert r["context_slices"] == 3 and len(r["ratio_per_repeat"]) == 2
+    assert _positive(r["seconds_2d"]) and _positive(r["seconds_context"]) and _positive(r["ratio"])
+    assert min(r["ratio_per_repeat"]) <= r["ratio"] <= max(r["ratio_per_repeat"])
+
+
 def test_measure_loader(tmp_path):
     r = speed.measure_loader(size=32, batch=2, n_batches=3, workdir=tmp_path)
     assert _positive(r["batches_per_s"]) and (r["batch"], r["size"]) == (2, 32)
@@ -182,12 +189,13 @@ def test_run_and_summary_in_tiny_mode(monkeypatch):
     flags = result["cpu_features"]
     assert {"avx2", "avx512f", "avx512_bf16", "amx_bf16"} <= set(flags)
     assert "note" in result["memory"]  # a smaller volume than the protocol's, and it says so
+    assert result["context"]["context_slices"] == 3 and _positive(result["context"]["ratio"])
     ld = result["loader"]
     assert ld["ratio"] == pytest.approx(ld["batches_per_s"] / ld["training_iterations_per_s"])
     assert ld["training_iterations_per_s"] == pytest.approx(1.0 / result["training"]["cyclegan"]["iteration_s"])
     assert 0 < ld["loader_share"] < 1
     text = speed.summary(result)
-    assert "speedup" in text and "cyclegan" in text and "loader" in text and "memory" in text
+    assert "speedup" in text and "cyclegan" in text and "loader" in text and "memory" in text and "2.5-D" in text
     json.dumps(result)
 
 

@@ -16,6 +16,8 @@ records the load average before and after):
   turns a 512x512x300 int16 CT-like volume into the other domain, with a tiny generator (this
   measures the pipeline, not the network), in a fresh subprocess so the peak is its own;
   reported in MB and in float32 copies of the volume beyond the input.
+* **2.5-D synthesis** — ``synthesize_volume_with_info`` end to end with a 3-slice model
+  (``context_slices`` 3) against a 2-D model of the same size, paired (issue 12's limit: 1.5x).
 * **Training** — one iteration (every step of the recipe: forwards, backward, optimiser) of
   each registered method at one network size on random [-1, 1] batches, methods interleaved
   round by round, relative to CycleGAN (the paper: DiCyc 1.75x CycleGAN's time).
@@ -59,6 +61,7 @@ SETTINGS = {
         "synthesis": {"ngf": 64, "n_blocks": 9, "size": 256, "slices": 16, "reference_slices": 8, "repeats": 5,
                       "matmul_size": 4096},
         "memory": {"shape": (300, 512, 512), "spacing": (0.8, 0.8, 0.8), "ngf": 4, "n_blocks": 1},
+        "context": {"ngf": 64, "n_blocks": 9, "size": 256, "slices": 24, "repeats": 5, "context": 3},
         "training": {"ngf": 64, "n_blocks": 9, "ndf": 64, "size": 128, "batch": 1, "iterations": 3, "warmup": 1,
                      "settle": 1},
         "loader": {"size": 64, "batch": 1, "n_batches": 100},
@@ -67,6 +70,7 @@ SETTINGS = {
         "synthesis": {"ngf": 64, "n_blocks": 9, "size": 256, "slices": 8, "reference_slices": 4, "repeats": 3,
                       "matmul_size": 4096},
         "memory": {"shape": (300, 512, 512), "spacing": (0.8, 0.8, 0.8), "ngf": 4, "n_blocks": 1},
+        "context": {"ngf": 64, "n_blocks": 9, "size": 256, "slices": 12, "repeats": 3, "context": 3},
         "training": {"ngf": 16, "n_blocks": 3, "ndf": 16, "size": 64, "batch": 1, "iterations": 5, "warmup": 1,
                      "settle": 1},
         # the papers' training size for the two methods the precision targets name
@@ -78,6 +82,7 @@ SETTINGS = {
         "synthesis": {"ngf": 4, "n_blocks": 1, "size": 32, "slices": 2, "reference_slices": 2, "repeats": 2,
                       "matmul_size": 128},
         "memory": {"shape": (6, 48, 48), "spacing": (0.8, 0.8, 0.8), "ngf": 4, "n_blocks": 1},
+        "context": {"ngf": 4, "n_blocks": 1, "size": 32, "slices": 5, "repeats": 2, "context": 3},
         "training": {"ngf": 4, "n_blocks": 2, "ndf": 4, "size": 32, "batch": 1, "iterations": 1, "warmup": 1,
                      "settle": 0},
         "training_papers": {"methods": ["cyclegan", "dicyc"], "ngf": 4, "n_blocks": 1, "ndf": 4, "size": 32,
@@ -230,7 +235,7 @@ class _BenchModel:
 
     path = None
 
-    def __init__(self, generator, spacing):
+    def __init__(self, generator, spacing, context=1):
         self._generator = generator
         self.card = {
             "method": "cyclegan",
@@ -242,6 +247,8 @@ class _BenchModel:
             "spacing": [float(spacing[0]), float(spacing[1])],
             "slice_size": 256,
         }
+        if context > 1:
+            self.card["context_slices"] = int(context)
 
     def generator(self, direction="a2b"):
         return self._generator
@@ -354,6 +361,58 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
         "reference": "fp32 eager, batch 1, torch.no_grad(), same generator, process and threads",
         "default_path": "dicyc.synthesize._Runner (precision 'auto' with its 40 dB guard, default batch as the "
                         "largest, its CPU path probe run fresh during the warm-up), torch.inference_mode()",
+    }
+
+
+# ===================================================================== 2.5-D cost
+def measure_context_cost(ngf=64, n_blocks=9, size=256, slices=12, repeats=3, context=3, device="cpu", seed=0,
+                         log=None):
+    """What a 2.5-D model (``context_slices`` K) costs in synthesis, against a 2-D model of the same size.
+
+    Both run the whole of ``synthesize_volume_with_info`` (intensity map, resampling, the path
+    probe's cached choice, the generator, the slab average for K > 1, the inverse map) in fp32 on
+    the same CT-like volume of ``slices`` slices of ``size``², each once untimed first (its path
+    probe), then timed back to back ``repeats`` times, the order alternating. ``ratio`` is the
+    median of the paired ratios, 2.5-D time over 2-D time: issue 12 allows 1.5x for the default
+    path.
+    """
+    import torch
+
+    from dicyc.nets import build_generator
+    from dicyc.synthesize import synthesize_volume_with_info
+
+    log = log or _quiet
+    torch.manual_seed(seed)
+    spacing = (1.0, 1.0, 1.0)
+    volume = ct_like_volume((int(slices), int(size), int(size)), spacing, seed)
+    models = {}
+    for k in (1, int(context)):
+        generator = build_generator({"ngf": int(ngf), "n_blocks": int(n_blocks), "input_nc": k, "output_nc": k}).eval()
+        models[k] = _BenchModel(generator, spacing[:2], context=k)
+
+    def synthesize(k):
+        t0 = time.perf_counter()
+        synthesize_volume_with_info(models[k], volume, precision="fp32", device=device)
+        return time.perf_counter() - t0
+
+    for k in models:
+        synthesize(k)  # the path probe of each size, and a warm-up
+    times = {k: [] for k in models}
+    for r in range(max(1, int(repeats))):
+        order = list(models) if r % 2 == 0 else list(models)[::-1]
+        for k in order:
+            times[k].append(synthesize(k))
+        log(f"  repeat {r + 1}: 2-D {times[1][-1]:.2f} s, {context}-slice {times[int(context)][-1]:.2f} s")
+    paired = [c / p for p, c in zip(times[1], times[int(context)])]
+    return {
+        "context_slices": int(context),
+        "seconds_2d": _median(times[1]),
+        "seconds_context": _median(times[int(context)]),
+        "ratio": _median(paired),
+        "ratio_per_repeat": paired,
+        "slices": int(slices), "size": int(size), "ngf": int(ngf), "n_blocks": int(n_blocks),
+        "repeats": max(1, int(repeats)),
+        "what": "synthesize_volume_with_info end to end in fp32, a 2.5-D model against a 2-D one of the same size",
     }
 
 
@@ -803,6 +862,11 @@ def _run(args, log, mode):
     if tuple(mem["shape"]) != tuple(SETTINGS["full"]["memory"]["shape"]):
         result["memory"]["note"] = f"{mode} setting: a smaller volume than the 512x512x300 of the protocol"
 
+    ctx = s["context"]
+    log(f"2.5-D synthesis: a {ctx['context']}-slice model against a 2-D one, ngf {ctx['ngf']}, {ctx['n_blocks']} blocks, "
+        f"{ctx['slices']} slices of {ctx['size']}x{ctx['size']}")
+    result["context"] = measure_context_cost(device=dev, log=log, **ctx)
+
     tr = dict(s["training"])
     log(f"training: one iteration of every method at ngf {tr['ngf']}, {tr['n_blocks']} blocks, "
         f"{tr['size']}x{tr['size']}, batch {tr['batch']}, in {' and '.join(TRAINING_PRECISIONS)}")
@@ -875,6 +939,13 @@ def summary(result):
             f"+{mem['peak_rss_increase_mb']:.0f} MB over the loaded input = "
             f"{mem['float32_copies_beyond_input']:.2f} float32 copies (numpy peak {mem['numpy_float32_copies']:.2f})"
             + (f" [{mem['note']}]" if mem.get("note") else "")
+        )
+    c = result.get("context")
+    if c:
+        lines.append(
+            f"2.5-D synthesis ({c['context_slices']} slices, ngf {c['ngf']}, {c['n_blocks']} blocks, {c['slices']} x "
+            f"{c['size']}x{c['size']}, fp32, end to end): {c['seconds_context']:.2f} s against 2-D {c['seconds_2d']:.2f} s "
+            f"-> {c['ratio']:.2f}x (paired repeats {', '.join(f'{r:.2f}' for r in c['ratio_per_repeat'])})"
         )
     for key in ("training", "training_papers"):
         tr = result.get(key)
