@@ -36,7 +36,8 @@ def model_summary(path):
     """What the panel shows about a model file, from its card only (no weights loaded).
 
     Returns a dict: ``path``, ``method``, ``domain_a``, ``domain_b`` (labels), ``modality_a``,
-    ``modality_b``, ``spacing`` (mm, in-plane), ``slice_size``, ``iterations``, ``code_version``,
+    ``modality_b``, ``spacing`` (mm, in-plane), ``slice_size``, ``iterations``, ``context_slices``
+    (1 for a 2-D model), ``code_version``,
     ``created`` and ``text`` (a few lines for a label); on a bad file only ``path``, ``error``
     (one sentence) and ``text``.
     """
@@ -62,6 +63,7 @@ def model_summary(path):
         "slice_size": card.get("slice_size"),
         "iterations": training.get("iterations_done"),
         "architecture": f"{arch.get('generator', '?')} ngf {arch.get('ngf', '?')}, {arch.get('n_blocks', '?')} blocks",
+        "context_slices": card.get("context_slices", 1),
         "code_version": card.get("code_version"),
         "created": card.get("created"),
     }
@@ -71,6 +73,7 @@ def model_summary(path):
         f"Domains: A = {summary['domain_a']}, B = {summary['domain_b']} (a2b: A → B)",
         f"Training spacing: {spacing_text}, slice size {summary['slice_size']}",
         f"Generator: {summary['architecture']}"
+        + (f", 2.5-D ({summary['context_slices']} neighbouring slices)" if summary["context_slices"] != 1 else "")
         + (f", {summary['iterations']} iterations" if summary["iterations"] is not None else ""),
     ]
     summary["text"] = "\n".join(lines)

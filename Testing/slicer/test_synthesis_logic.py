@@ -116,6 +116,28 @@ def test_logic_synthesis_in_process_overlays_input(scene, mr_volume, tiny_model)
     assert again is out
 
 
+def test_logic_synthesis_of_a_2p5d_model_overlays_input(scene, mr_volume, model_card, tmp_path):
+    """A 2.5-D model (3 neighbouring slices as channels) synthesises through the same logic, onto the input's grid."""
+    import torch
+
+    from dicyc.modelfile import save_model
+    from dicyc.nets import build_generator
+
+    card = model_card()
+    arch = dict(card["architecture"], input_nc=3, output_nc=3)
+    torch.manual_seed(2)
+    path = save_model(tmp_path / "k3.safetensors", {"G_AB": build_generator(arch), "G_BA": build_generator(arch)},
+                      dict(card, architecture=arch, context_slices=3))
+    summary = L.model_summary(path)
+    assert summary["context_slices"] == 3 and "2.5-D (3 neighbouring slices)" in summary["text"]
+    vol = mr_volume()
+    node = L.add_volume_node(scene, vol, "MR")
+    out, info = L.synthesize_in_process(scene, node, path, device="cpu", precision="fp32")
+    _assert_same_matrix(L.ijk_to_ras_of(out), L.ijk_to_ras_of(node))
+    result = L.volume_from_node(out)
+    assert result.shape == vol.shape and np.isfinite(result.array).all() and info["context_slices"] == 3
+
+
 def _run_to_end(logic, timeout=240.0):
     fractions = []
     deadline = time.monotonic() + timeout
