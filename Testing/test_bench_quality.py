@@ -182,13 +182,14 @@ def test_benchmark_runs_are_reused_only_for_the_same_configuration(toy_pair, tmp
 
 def test_an_inert_default_leaves_a_runs_name_as_before_the_option_existed():
     """DiCyc's local discriminators at λ 0 train as before they existed: the run digest ignores them there."""
-    from dicyc.bench import digest_config
+    from dicyc.bench import INERT_DEFAULTS, digest_config
     from dicyc.methods import DiCyc
     from dicyc.train import resolve_config
 
     config = resolve_config(None, {"method": "dicyc"})
-    assert set(DiCyc.inert_defaults) <= set(config) <= set(digest_config(config)) | set(DiCyc.inert_defaults)
-    assert not set(DiCyc.inert_defaults) & set(digest_config(config))
+    inert = set(DiCyc.inert_defaults) | set(INERT_DEFAULTS)
+    assert inert <= set(config) <= set(digest_config(config)) | inert
+    assert not inert & set(digest_config(config))
     on = resolve_config(None, {"method": "dicyc", "lambda_adv_local": 1.0})
     assert digest_config(on)["lambda_adv_local"] == 1.0 and digest_config(on) != digest_config(config)
     deeper = resolve_config(None, {"method": "dicyc", "lambda_adv_local": 1.0, "local_d_layers": 2})

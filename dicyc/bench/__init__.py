@@ -98,17 +98,21 @@ def training_config(method, settings, **fields):
     })
 
 
+#: options of every method whose default trains exactly as before the option existed (a 2-D model)
+INERT_DEFAULTS = {"context_slices": 1}
+
+
 def digest_config(config):
     """The part of a resolved training configuration that names a benchmark run.
 
     Options a recipe lists in ``inert_defaults`` are left out while at that value: such an
     option was added after earlier runs, and its default trains exactly as before it existed,
-    so adding it does not throw away every finished run. ``context_slices`` 1 (2-D, as every
-    run before the option) is such a default for every method.
+    so adding it does not throw away every finished run. :data:`INERT_DEFAULTS` are such
+    defaults for every method (``context_slices`` 1: 2-D, as every run before the option).
     """
     from dicyc.methods import get_method
 
-    inert = {"context_slices": 1, **getattr(get_method(config["method"]), "inert_defaults", {})}
+    inert = {**INERT_DEFAULTS, **getattr(get_method(config["method"]), "inert_defaults", {})}
     return {k: v for k, v in config.items() if not (k in inert and v == inert[k])}
 
 
