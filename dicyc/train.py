@@ -76,14 +76,15 @@ DEFAULT_CONFIG = {
 FROZEN_ON_RESUME = ("method", "ngf", "n_blocks", "ndf", "upsample", "slice_size", "spacing", "modality_a", "modality_b",
                     "shared_blocks", "tps_grid", "offset_grid", "precision", "context_slices")
 
-_INT_KEYS = ("slice_size", "context_slices", "position_offset", "ngf", "n_blocks", "ndf", "batch_size", "pool_size", "max_epochs",
-             "constant_epochs", "patience_constant", "patience_decay", "decay_epochs", "checkpoint_every", "log_every", "seed")
+_INT_KEYS = ("slice_size", "context_slices", "position_offset", "ngf", "n_blocks", "ndf", "batch_size", "pool_size",
+             "max_epochs", "constant_epochs", "patience_constant", "patience_decay", "decay_epochs", "checkpoint_every", "log_every", "seed")
 _FLOAT_KEYS = ("lr", "beta1", "beta2", "lambda_cycle", "lambda_identity")
 
 #: values of the ``precision`` option (``dicyc train --precision``)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: methods for which "auto" keeps fp32 even where bf16 is native (the quality benchmark decides;
-#: see the README's mixed-precision section)
+#: methods for which "auto" keeps fp32 even where bf16 is native. The quality benchmark decides:
+#: in bf16, CycleGAN and DiCyc scored within fp32's own seed-to-seed spread (README, "Quality
+#: parity of bf16 training", 2026-12-01), so none is here.
 AUTO_KEEPS_FP32 = frozenset()
 
 
