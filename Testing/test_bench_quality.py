@@ -212,3 +212,11 @@ def test_readme_tables_are_made_from_the_json(tiny_result, tmp_path, capsys):
     assert table in out
     assert table.count("| `cyclegan` |") == 4 and table.count("| `dicyc` |") == 4  # 2 settings x 2 directions each
     assert "best baseline" in out and "deformed pass" in out
+    # --versus: the same paired test the benchmark ran, computed from the cases alone
+    ran = {(t["setting"], t["direction"]): t for t in result["tests"]
+           if t["metric"] == "ssim_clean" and (t["method"], t["versus"]) == ("dicyc", "cyclegan")}
+    rows = module.versus_table(result, "dicyc", "cyclegan", "ssim_clean").splitlines()[2:]
+    assert len(rows) == len(ran) == 4
+    for t in ran.values():
+        assert f"| {t['direction'].replace('->', '→')} | `dicyc` | `cyclegan` | {t['mean_difference']:+.3f} | {t['p']:.2g} |" in "\n".join(rows)
+    assert module.main([str(path), "--versus", "dicyc", "cyclegan"]) == 0

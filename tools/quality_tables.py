@@ -8,7 +8,9 @@ docs/results/, so a reader can regenerate them (and check them) without retraini
 Rows: setting, family, method, direction; columns: SSIM against the clean and the noisy
 reference, PSNR (clean), displacement, reproduced fraction of the scanner deformation, outline
 Dice with the source / other geometry; mean over subject x seed cases, ± the sd of the seeds'
-means when there are several seeds. Then the paired t-tests of the chosen metric.
+means when there are several seeds. Then the paired t-tests of the chosen metric: those the
+benchmark ran, and with ``--versus A B`` also A against B over their common subject x seed
+cases (for a comparison the benchmark does not make, such as a variant against a baseline).
 """
 
 import argparse
@@ -51,6 +53,29 @@ def tests_table(result, metric):
     return "\n".join(lines)
 
 
+def versus_table(result, a, b, metric):
+    """Paired t-tests of method ``a`` against ``b`` over their common subject x seed cases, per setting."""
+    from dicyc.bench.quality import DIRECTIONS  # the cases' direction codes ("pd2t2") as the tables name them
+    from dicyc.metrics import paired_ttest
+
+    by_key = {}
+    for c in result.get("cases", []):
+        key = (c["setting"], c.get("family"), c["direction"], c["method"])
+        by_key.setdefault(key, {})[(c["subject"], c["seed"])] = c.get(metric)
+    lines = [f"| setting | direction | method | versus | Δ {metric} | p | n |", "|---|---|---|---|---|---|---|"]
+    for setting, family, direction in sorted({k[:3] for k in by_key}, key=str):
+        xa, xb = by_key.get((setting, family, direction, a), {}), by_key.get((setting, family, direction, b), {})
+        common = sorted(set(xa) & set(xb))
+        if len(common) < 2:
+            continue
+        test = paired_ttest([xa[k] for k in common], [xb[k] for k in common])
+        name = f"{setting} ({family})" if family else setting
+        label = DIRECTIONS.get(direction, direction).replace("->", "→")
+        lines.append(f"| {name} | {label} | `{a}` | `{b}` | {test['mean_difference']:+.3f} "
+                     f"| {test['p']:.2g} | {test['n']} |")
+    return "\n".join(lines)
+
+
 def learned_table(result):
     groups = {}
     for item in result.get("learned", []):
@@ -69,6 +94,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", help="JSON files written by dicyc bench quality --json")
     parser.add_argument("--metric", default="ssim_clean", help="metric of the t-test table (default ssim_clean)")
+    parser.add_argument("--versus", nargs=2, action="append", metavar=("A", "B"), default=[],
+                        help="also test method A against method B (labels as in the result, e.g. "
+                             "'dicyc[lambda_adv_local=1]' cyclegan); may be repeated")
     args = parser.parse_args(argv)
     for path in args.results:
         with open(path, encoding="utf-8") as fh:
@@ -82,6 +110,8 @@ def main(argv=None):
               f"seeds {config.get('seeds')}, wall {result.get('wall_s', 0) / 60:.1f} min\n")
         print(results_table(result) + "\n")
         print(tests_table(result, args.metric) + "\n")
+        for a, b in args.versus:
+            print(versus_table(result, a, b, args.metric) + "\n")
         learned = learned_table(result)
         if learned:
             print(learned + "\n")
