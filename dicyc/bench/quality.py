@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicyc.bench import parse_method  # noqa: F401  (re-exported: tests and callers use it here)
+from dicyc.bench import parse_method
 from dicyc.errors import DicycError
 
 #: protocol settings; ``quick`` fits a 2-core CPU, ``full`` is the papers' size (a GPU)
@@ -68,7 +68,6 @@ COUNTERPARTS = {"dicyc": "nmi-cyclegan", "gcc-dicyc": "gcc-cyclegan", "mind-dicy
 DICYC_FAMILY = ("dicyc", "gcc-dicyc", "mind-dicyc", "dicyclegan")
 
 
-# ===================================================================== method specs
 # ===================================================================== data
 def _zscore(array, mask):
     values = array[mask]
