@@ -419,16 +419,25 @@ class _Index:
         fancy-indexed once, on the sorted distinct slices its slabs need.
         """
         s = self.data.slice_size
-        half = int(context) // 2
         out = np.empty((len(vols), int(context), s, s), dtype=np.float32)
-        steps = np.arange(-half, half + 1, dtype=np.int64)
         for v in np.unique(vols):
             volume = self.data.volumes[int(v)]
             sel = np.nonzero(vols == v)[0]
-            wanted = np.clip(slices[sel][:, None] + steps[None, :], 0, volume.shape[0] - 1)
+            wanted = slab_indices(slices[sel], context, volume.shape[0])
             unique, inverse = np.unique(wanted.ravel(), return_inverse=True)
             out[sel] = volume[unique][inverse.reshape(wanted.shape)]
         return out
+
+
+def slab_indices(centres, context, length):
+    """(N, K) slice indices of the slabs centred on ``centres``, K = ``context``, clamped to 0 … length-1.
+
+    Training (:meth:`_Index.gather`) and synthesis (:func:`dicyc.synthesize._take_slabs`) build
+    slabs with this one rule, so a network never meets at synthesis an edge it was not trained on.
+    """
+    half = int(context) // 2
+    steps = np.arange(-half, half + 1, dtype=np.int64)
+    return np.clip(np.asarray(centres, dtype=np.int64)[:, None] + steps[None, :], 0, int(length) - 1)
 
 
 def check_context_slices(value):

@@ -457,13 +457,13 @@ def _take(x, axis, s, e):
 def _take_slabs(x, s, e, context):
     """(B, K, H, W) copy of the axial slabs centred on slices s..e of ``x``, K = ``context``.
 
-    Indices beyond the volume's ends are clamped to its first or last slice, as the training
-    sampler clamps them (:meth:`dicyc.data._Index.gather`). A copy of one batch only: memory
+    Indices beyond the volume's ends are clamped to its first or last slice by the training
+    sampler's own rule (:func:`dicyc.data.slab_indices`). A copy of one batch only: memory
     stays bounded by the batch, not by the volume.
     """
-    half = context // 2
-    index = np.clip(np.arange(s, e)[:, None] + np.arange(-half, half + 1)[None, :], 0, x.shape[0] - 1)
-    return x[index]
+    from dicyc.data import slab_indices
+
+    return x[slab_indices(np.arange(s, e), context, x.shape[0])]
 
 
 #: how the K predictions of one slice are weighted (position j of K in the slab that predicted it)
