@@ -440,13 +440,20 @@ def slab_indices(centres, context, length):
     return np.clip(np.asarray(centres, dtype=np.int64)[:, None] + steps[None, :], 0, int(length) - 1)
 
 
-def check_context_slices(value):
-    """``context_slices`` as an int, refused in one sentence unless it is odd and at least 1.
+def valid_context_slices(value):
+    """Whether ``value`` can be a ``context_slices``: a whole number, odd and at least 1.
 
     Odd, because a slab is a centre slice with as many neighbours above as below it: the centre
-    is the slice a drawn index names, and synthesis averages the slabs around each slice.
+    is the slice a drawn index names, and synthesis averages the slabs around each slice. The one
+    rule behind the training option (:func:`check_context_slices`) and the model card's field
+    (:func:`dicyc.modelfile.check_card`).
     """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 or value % 2 == 0:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1 and value % 2 == 1
+
+
+def check_context_slices(value):
+    """``context_slices`` as an int, refused in one sentence unless :func:`valid_context_slices`."""
+    if not valid_context_slices(value):
         raise DicycError(f"context_slices must be an odd whole number of at least 1 (1, 3, 5, …); got {value!r}.")
     return int(value)
 

@@ -164,8 +164,10 @@ def check_card(card, path="model card"):
             bad("'architecture.direction'", f"is {arch['direction']!r}, expected 'a2b' or 'b2a' (or none)")
     # 2.5-D models (absent: a 2-D model, as every card before the option): the generators read and
     # write K neighbouring slices as channels, so their channel counts must be K
+    from dicyc.data import valid_context_slices
+
     context = card.get("context_slices", 1)
-    if isinstance(context, bool) or not isinstance(context, int) or context < 1 or context % 2 == 0:
+    if not valid_context_slices(context):
         bad("'context_slices'", f"must be an odd integer of at least 1, got {context!r}")
     if "context_slices" in card and not arch["input_nc"] == arch["output_nc"] == context:
         bad("'architecture.input_nc' and 'output_nc'",
