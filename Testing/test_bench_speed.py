@@ -157,6 +157,17 @@ def test_every_method_trains_one_iteration():
     assert set(r) == set(METHODS)
 
 
+def test_alternating_times_alternates_the_order_and_pairs_the_repeats():
+    from dicyc.bench.speed import _alternating_times
+
+    calls, seen = [], []
+    works = (lambda: calls.append("a"), lambda: calls.append("b"))
+    times = _alternating_times(works, 3, progress=lambda r, t: seen.append((r, [len(x) for x in t])))
+    assert calls == ["a", "b", "b", "a", "a", "b"]  # a load trend favours neither
+    assert [len(t) for t in times] == [3, 3] and all(s >= 0 for t in times for s in t)
+    assert seen == [(0, [1, 1]), (1, [2, 2]), (2, [3, 3])]
+
+
 def test_measure_context_cost_times_a_2p5d_model_against_a_2d_one():
     r = speed.measure_context_cost(ngf=4, n_blocks=1, size=32, slices=5, repeats=2, context=3)
     assert r["context_slices"] == 3 and len(r["ratio_per_repeat"]) == 2

@@ -113,6 +113,31 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _alternating_times(works, repeats, device=None, progress=None):
+    """Seconds of each of ``works`` (callables), timed back to back ``repeats`` times.
+
+    The order alternates from one repeat to the next, so a load that rises or falls through the
+    run favours none of them, and the times of one repeat can be paired: on a shared machine the
+    ratio within a repeat is far steadier than a ratio of two medians. ``device`` (a torch
+    device, or None) is synchronised around each timing; ``progress(repeat, times)`` is called
+    after each repeat. Returns one list of seconds per work, in the order given.
+    """
+    times = [[] for _ in works]
+    for r in range(repeats):
+        order = range(len(works)) if r % 2 == 0 else reversed(range(len(works)))
+        for i in order:
+            if device is not None:
+                _sync(device)
+            t0 = time.perf_counter()
+            works[i]()
+            if device is not None:
+                _sync(device)
+            times[i].append(time.perf_counter() - t0)
+        if progress is not None:
+            progress(r, times)
+    return times
+
+
 def _median(values):
     return float(statistics.median(values))
 
@@ -296,7 +321,6 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
     warm = runner.probe_slices() + batch  # the CPU path probe (every candidate, every round), then one batch
     x = ct_like_slices(max(slices, reference_slices, warm), size, seed)
     out = np.zeros_like(x)
-    ref_times, default_times = [], []
     with torch.inference_mode():
         runner.run_view(x[:warm], out[:warm], 0, accumulate=False)  # probes + warm-up
         runner.finish_probe()
@@ -311,20 +335,11 @@ def measure_synthesis(ngf=64, n_blocks=9, size=256, slices=8, reference_slices=4
         with torch.inference_mode():
             runner.run_range(x, out, 0, 0, slices, accumulate=False)
 
-    def timed(work, times):
-        _sync(dev)
-        t0 = time.perf_counter()
-        work()
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
+    def progress(r, times):
+        log(f"  repeat {r + 1}/{repeats}: reference {reference_slices / times[0][-1]:.3f} slices/s, "
+            f"default {slices / times[1][-1]:.3f} slices/s")
 
-    for r in range(repeats):
-        # the order alternates, so a load that rises or falls through the run favours neither
-        pair = ((reference, ref_times), (default, default_times))
-        for work, times in (pair if r % 2 == 0 else pair[::-1]):
-            timed(work, times)
-        log(f"  repeat {r + 1}/{repeats}: reference {reference_slices / ref_times[-1]:.3f} slices/s, "
-            f"default {slices / default_times[-1]:.3f} slices/s")
+    ref_times, default_times = _alternating_times((reference, default), repeats, dev, progress)
 
     precision_used = _dtype_name(runner.dtype)
     flops, flops_out = conv_flops(arch, size)
@@ -391,23 +406,20 @@ def measure_context_cost(ngf=64, n_blocks=9, size=256, slices=12, repeats=3, con
         models[k] = _BenchModel(generator, spacing[:2], context=k)
 
     def synthesize(k):
-        t0 = time.perf_counter()
-        synthesize_volume_with_info(models[k], volume, precision="fp32", device=device)
-        return time.perf_counter() - t0
+        return lambda: synthesize_volume_with_info(models[k], volume, precision="fp32", device=device)
 
     for k in models:
-        synthesize(k)  # the path probe of each size, and a warm-up
-    times = {k: [] for k in models}
-    for r in range(max(1, int(repeats))):
-        order = list(models) if r % 2 == 0 else list(models)[::-1]
-        for k in order:
-            times[k].append(synthesize(k))
-        log(f"  repeat {r + 1}: 2-D {times[1][-1]:.2f} s, {context}-slice {times[int(context)][-1]:.2f} s")
-    paired = [c / p for p, c in zip(times[1], times[int(context)])]
+        synthesize(k)()  # the path probe of each size, and a warm-up
+
+    def progress(r, times):
+        log(f"  repeat {r + 1}: 2-D {times[0][-1]:.2f} s, {context}-slice {times[1][-1]:.2f} s")
+
+    plain, wide = _alternating_times((synthesize(1), synthesize(int(context))), max(1, int(repeats)), None, progress)
+    paired = [c / p for p, c in zip(plain, wide)]
     return {
         "context_slices": int(context),
-        "seconds_2d": _median(times[1]),
-        "seconds_context": _median(times[int(context)]),
+        "seconds_2d": _median(plain),
+        "seconds_context": _median(wide),
         "ratio": _median(paired),
         "ratio_per_repeat": paired,
         "slices": int(slices), "size": int(size), "ngf": int(ngf), "n_blocks": int(n_blocks),
