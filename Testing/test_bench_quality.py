@@ -72,6 +72,29 @@ def test_quality_shows_what_the_deformed_pass_learned(tiny_result):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_deformed_pass_scores_on_the_control_and_its_tool(tiny_result, capsys, tmp_path):
+    import importlib.util
+
+    from dicyc.bench.learned import deformed_pass_scores
+
+    result, out = tiny_result
+    run = Path(result["config"]["runs"]["undeformed/dicyc/seed0"])
+    scores = deformed_pass_scores(run, out / "cohort-seed0", n_slices=2)
+    for direction in ("AB", "BA"):
+        assert len(scores[direction]["undeformed"]) == len(scores[direction]["deformed"]) == 2  # test subjects
+        assert np.isfinite(scores[direction]["undeformed"] + scores[direction]["deformed"]).all()
+    spec = importlib.util.spec_from_file_location("deformed_pass_ssim",
+                                                  Path(__file__).parents[1] / "tools" / "deformed_pass_ssim.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(run), "--slices", "2"]) == 0  # the cohort found beside runs/
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed] == ["A->B", "B->A"] and all("G_T(x)" in line for line in printed)
+    assert tool.main([str(tmp_path)]) == 1  # not a run: one sentence, no scores
+    err = capsys.readouterr()
+    assert err.out == "" and err.err.count("\n") == 1 and "not a finished training run" in err.err
+
+
 def test_method_variants_are_parsed_and_refused_in_one_sentence():
     from dicyc.bench.quality import parse_method
     from dicyc.errors import DicycError

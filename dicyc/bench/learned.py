@@ -180,3 +180,45 @@ def write_figure(path, analysis, title):
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return str(path)
+
+
+def deformed_pass_scores(run_dir, cohort_dir, n_slices=8):
+    """SSIM of G(x) and of G_T(x) against the clean reference, on an *undeformed* cohort's test subjects.
+
+    Why: on the undeformed control there is nothing to deform, so a deformed pass that keeps
+    close to G(x) scores about what G(x) scores. One that warps anyway means the discriminator
+    has been judging warped outputs, and G was trained to make *those* look real. Each test
+    subject's ``n_slices`` slices with the most brain are taken in model space; the TPS is given
+    the subject's own (aligned) target slice. SSIM is :func:`dicyc.bench.quality.score`'s (per
+    volume z-scored in the brain mask). Returns ``{"AB": {"undeformed": [..], "deformed": [..]},
+    "BA": ...}``, one value per test subject.
+    """
+    import torch
+
+    from dicyc.bench.quality import score
+    from dicyc.phantom import load_cohort
+    from dicyc.volume import Volume, read_volume
+
+    recipe, nets = load_training_networks(run_dir)
+    config = recipe.config
+    cohort_dir = Path(cohort_dir)
+    out = {d: {"undeformed": [], "deformed": []} for d in ("AB", "BA")}
+    for subject in load_cohort(cohort_dir)["subjects"]:
+        if subject["split"] != "test":
+            continue
+        a, meta = _model_space(cohort_dir / subject["pd"], config["modality_a"], config)
+        b, _ = _model_space(cohort_dir / subject["t2"], config["modality_b"], config)
+        clean = {"AB": _model_space(cohort_dir / subject["t2_clean"], config["modality_b"], config)[0],
+                 "BA": _model_space(cohort_dir / subject["pd_clean"], config["modality_a"], config)[0]}
+        mask = _mask_in_model_space(read_volume(cohort_dir / subject["mask"]), meta)
+        zs = np.sort(np.argsort(mask.sum(axis=(1, 2)), kind="stable")[-int(n_slices):])
+        for direction, x, target in (("AB", a, b), ("BA", b, a)):
+            other = nets["G_BA" if direction == "AB" else "G_AB"]
+            with torch.no_grad():
+                xt = torch.from_numpy(np.ascontiguousarray(x[zs]))[:, None]
+                tt = torch.from_numpy(np.ascontiguousarray(target[zs]))[:, None]
+                und, deformed = recipe._pair(nets, direction, xt, xt, {f"target_latent_{direction}": other.encode(tt)})
+            for name, pred in (("undeformed", und), ("deformed", deformed)):
+                s = score(Volume(pred[:, 0].numpy()), Volume(clean[direction][zs]), mask[zs])
+                out[direction][name].append(s["ssim"])
+    return out
