@@ -93,6 +93,9 @@ def test_deformed_pass_scores_on_the_control_and_its_tool(tiny_result, capsys, t
     assert tool.main([str(tmp_path)]) == 1  # not a run: one sentence, no scores
     err = capsys.readouterr()
     assert err.out == "" and err.err.count("\n") == 1 and "not a finished training run" in err.err
+    assert tool.main([result["config"]["runs"]["undeformed/cyclegan/seed0"]]) == 1  # no deformed pass to score
+    err = capsys.readouterr()
+    assert err.out == "" and err.err.count("\n") == 1 and "has no deformed pass" in err.err
 
 
 def test_method_variants_are_parsed_and_refused_in_one_sentence():

@@ -199,8 +199,15 @@ def deformed_pass_scores(run_dir, cohort_dir, n_slices=8):
     from dicyc.phantom import load_cohort
     from dicyc.volume import Volume, read_volume
 
+    from dicyc.errors import DicycError
+
     recipe, nets = load_training_networks(run_dir)
     config = recipe.config
+    if not hasattr(recipe, "_pair"):
+        raise DicycError(f"{run_dir} is a {config['method']} run, which has no deformed pass; name a DiCyc run.")
+    if int(config.get("context_slices", 1)) != 1:
+        raise DicycError(f"{run_dir} is a 2.5-D run (context_slices {config['context_slices']}); "
+                         "this check reads 2-D runs, as the quality benchmark trains them.")
     cohort_dir = Path(cohort_dir)
     out = {d: {"undeformed": [], "deformed": []} for d in ("AB", "BA")}
     for subject in load_cohort(cohort_dir)["subjects"]:
