@@ -195,15 +195,14 @@ def deformed_pass_scores(run_dir, cohort_dir, n_slices=8):
     """
     import torch
 
-    from dicyc.bench.quality import score
+    from dicyc.bench.quality import DICYC_FAMILY, score
+    from dicyc.errors import DicycError
     from dicyc.phantom import load_cohort
     from dicyc.volume import Volume, read_volume
 
-    from dicyc.errors import DicycError
-
     recipe, nets = load_training_networks(run_dir)
     config = recipe.config
-    if not hasattr(recipe, "_pair"):
+    if config["method"] not in DICYC_FAMILY:
         raise DicycError(f"{run_dir} is a {config['method']} run, which has no deformed pass; name a DiCyc run.")
     if int(config.get("context_slices", 1)) != 1:
         raise DicycError(f"{run_dir} is a 2.5-D run (context_slices {config['context_slices']}); "
