@@ -146,7 +146,11 @@ def test_head_benchmark_scores(tmp_path):
     assert row["headrest_ml"] >= 0 and row["hu_wasserstein"] >= 0
     assert abs(sum(row["real_fractions"].values()) - 1.0) < 1e-6
     assert (tmp_path / "report-cyclegan" / "compare.png").exists()
-    assert "head Dice" in head.summary(result)
+    lost = row["where_lost"]
+    assert lost["model_spacing_mm"] == 8.0
+    assert sum(lost["headrest"].values()) == pytest.approx(row["headrest_ml"], abs=1e-2)
+    summary = head.summary(result)
+    assert "head Dice" in summary and "where it is lost" in summary
 
 
 def test_head_benchmark_takes_method_variants(tmp_path):
@@ -183,6 +187,36 @@ def test_head_alignment_scores_on_constructed_volumes():
     rest[:, 44, 8:40] = 300.0  # a thin, dense arc behind the head: hallucinated head-rest
     scores = alignment_and_realism(ct.with_array(rest), mr, ct)
     assert scores["headrest_ml"] == pytest.approx(8 * 32 * 8 / 1000.0)
+
+
+def test_where_lost_splits_head_rest_and_missed_outline_by_cause():
+    """Each constructed fault lands in its own part of :func:`where_lost`, in ml."""
+    from dicyc.bench.head import alignment_masks, where_lost
+    from dicyc.volume import Volume
+
+    z, y, x = np.indices((10, 48, 48))
+    r = np.hypot(y - 24, x - 24)
+    head = (r < 15) & (z < 6)  # slices 6 to 9: no head; 8 and 9 beyond the 2-voxel margin
+    mr = Volume(np.where(head, 300.0, 0.0).astype(np.float32), (2, 2, 2))
+    syn = np.where(head, 40.0, -1000.0).astype(np.float32)
+    syn[:6, 20:29, 24:48] = -1000.0  # a channel of air from the centre out through the skin
+    ring = (r >= 17.5) & (r < 18.5) & (z < 4)  # about 3 voxels (6 mm) out: near the skin at 8 mm
+    syn[ring] = 40.0
+    syn[:, 44:46, 2:6] = 300.0  # a dense block far from the head, in every slice
+    syn[9, 20:28, 20:28] = 300.0  # density above the vertex, where the source has no head
+    synthetic = Volume(syn, (2, 2, 2))
+    masks = alignment_masks(synthetic, mr)
+    lost = where_lost(synthetic, masks, model_spacing_mm=8.0)
+    voxel_ml = 8 / 1000.0
+    assert lost["model_spacing_mm"] == 8.0
+    assert lost["headrest"]["no_head_slices"] == pytest.approx((64 + 4 * 8) * voxel_ml)  # vertex block, 4 block rows
+    assert lost["headrest"]["near_skin"] == pytest.approx(ring.sum() * voxel_ml)
+    assert lost["headrest"]["elsewhere"] == pytest.approx(6 * 8 * voxel_ml)  # the block beside the head
+    missed = masks["mr_head"] & ~masks["syn_head"]
+    assert lost["outline_missed"]["interior"] > 0 and lost["outline_missed"]["near_skin"] > 0
+    total = lost["outline_missed"]["near_skin"] + lost["outline_missed"]["interior"]
+    assert total == pytest.approx(missed.sum() * voxel_ml, abs=1e-3)
+    assert lost["outline_extra"] == pytest.approx((masks["syn_head"] & ~masks["mr_head"]).sum() * voxel_ml, abs=1e-3)
 
 
 def test_benchmark_runs_are_reused_only_for_the_same_configuration(toy_pair, tmp_path):
