@@ -171,6 +171,29 @@ def test_head_benchmark_takes_method_variants(tmp_path):
         head.run(_args(tmp_path, methods=["cyclegan", "cyclegan"]), log=lambda m: None, settings=settings)
 
 
+def test_head_benchmark_seeds(tmp_path):
+    """``--seeds 2`` trains each method twice, seed 0 under a one-seed run's names, and summarises both."""
+    from dicyc.bench import head
+    from dicyc.errors import DicycError
+
+    settings = {"spacing": 8.0, "slice_size": 32, "ngf": 4, "n_blocks": 1, "ndf": 4, "iterations": 2, "batch_size": 1}
+    result = head.run(_args(tmp_path, methods=["cyclegan"], seeds=2), log=lambda m: None, settings=settings)
+    rows = result["results"]
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0]["run"] != rows[1]["run"]
+    assert result["config"]["seeds"] == 2
+    (summary_row,) = result["over_seeds"]
+    dice = summary_row["dice_head"]
+    assert dice["values"] == [r["dice_head"] for r in rows]
+    assert dice["mean"] == pytest.approx(np.mean(dice["values"]))
+    assert dice["sd"] == pytest.approx(np.std(dice["values"], ddof=1))
+    assert summary_row["air"]["values"] == [r["fractions"]["air"] for r in rows]
+    assert (tmp_path / "synthetic-ct-cyclegan.nii.gz").exists()
+    assert (tmp_path / "synthetic-ct-cyclegan-seed1.nii.gz").exists()
+    assert "mean ± sd over 2 seeds" in head.summary(result)
+    with pytest.raises(DicycError, match="cannot be combined"):
+        head.run(_args(tmp_path, methods=["cyclegan[seed=3]"], seeds=2), log=lambda m: None, settings=settings)
+
+
 def test_head_alignment_scores_on_constructed_volumes():
     """A synthetic CT that is the source head exactly scores Dice 1 and no head-rest; a rest is counted."""
     from dicyc.bench.head import alignment_and_realism

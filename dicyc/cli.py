@@ -469,10 +469,11 @@ def _add_bench(sub):
             q.add_argument("--methods", nargs="+", metavar="M",
                            help="methods to compare (default: the protocol's); a variant with options is "
                                 "written NAME[key=value,...], e.g. dicyc[dicyc_loss=commutation]")
-        if name == "quality":
+        if name in ("quality", "head"):
             q.add_argument("--seeds", type=_positive_int, metavar="N",
                            help="train every method with N seeds (0..N-1); rows per seed and mean ± sd over seeds "
                                 "(default 1)")
+        if name == "quality":
             q.add_argument("--families", nargs="+", metavar="F",
                            help="scanner-deformation families to test, or 'all' (default: --quick bspline, "
                                 "full both); see dicyc/deform.py")

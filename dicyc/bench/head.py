@@ -154,42 +154,85 @@ def run(args, log, settings=None):
     started = time.monotonic()
     mode = "quick" if args.quick else "full"
     s = dict(SETTINGS[mode], **(settings or {}))
+    n_seeds = int(getattr(args, "seeds", None) or 1)
+    if n_seeds < 1:
+        raise DicycError(f"--seeds must be at least 1; got {n_seeds}.")
     specs = [parse_method(m) for m in (getattr(args, "methods", None) or DEFAULT_METHODS)]
     methods = [label for label, _, _ in specs]
     if len(set(methods)) != len(methods):
         raise DicycError(f"each method may be named once; got {', '.join(methods)}.")
+    if n_seeds > 1 and any("seed" in options for _, _, options in specs):
+        raise DicycError("a method's own seed option and --seeds cannot be combined; drop one of them.")
     root = Path(args.out) if getattr(args, "out", None) else default_cache_dir() / "bench" / f"head-{mode}"
     paths = prepare(["head-mr", "head-ct"], log=log)
     mr, ct = read_volume(paths["head-mr"]), read_volume(paths["head-ct"])
     results = []
-    for method, name, options in specs:
-        config = training_config(name, s, modality_a="MR", modality_b="CT", name_a="Colin27 T1",
-                                 name_b="InVesalius CT", **options)
-        stem = file_stem(method)
-        model_path, seconds = train_or_reuse(root / "runs", config, str(paths["head-mr"]), str(paths["head-ct"]),
-                                             args.device, log)
-        # unmasked: the head-rest score needs to see what the generator puts outside the head
-        synthetic = synthesize_volume(load_model(model_path), mr, direction="a2b", precision="fp32", device=args.device,
-                                      mask_background=False)
-        write_volume(synthetic, root / f"synthetic-ct-{stem}.nii.gz")
-        masks = alignment_masks(synthetic, mr)
-        scores = alignment_and_realism(synthetic, mr, ct, masks=masks)
-        scores["where_lost"] = where_lost(synthetic, masks, s["spacing"])
-        del masks
-        compare_volumes(synthetic, mr, root / f"report-{stem}", tiles=8, error_units="window",
-                        a_name=f"synthetic CT ({method})", b_name="source MR (Colin27 T1)", modality_a="CT",
-                        modality_b="MR")
-        results.append({"method": method, "training_seconds": seconds, "run": str(model_path.parent), **scores})
-        log(f"{method}: head Dice {scores['dice_head']:.3f}, NMI(source) {scores['nmi_source']:.3f}, "
-            f"head-rest {scores['headrest_ml']:.1f} ml, HU W1 {scores['hu_wasserstein']:.1f}, "
-            f"streaks {_number(scores['streak_ratio'], '.2f')} x the real CT's")
-        lost = scores["where_lost"]
-        log(f"{method}: head-rest near the skin {lost['headrest']['near_skin']:.1f} ml, in slices without head "
-            f"{lost['headrest']['no_head_slices']:.1f} ml, elsewhere {lost['headrest']['elsewhere']:.1f} ml; "
-            f"outline missed near the skin {lost['outline_missed']['near_skin']:.1f} ml, inside "
-            f"{lost['outline_missed']['interior']:.1f} ml")
-    return {"results": results, "config": {"mode": mode, "methods": methods, **s, "root": str(root)},
+    for seed in range(n_seeds):
+        for method, name, options in specs:
+            config = training_config(name, s, modality_a="MR", modality_b="CT", name_a="Colin27 T1",
+                                     name_b="InVesalius CT", **{"seed": seed, **options})
+            # seed 0 keeps the file names of a one-seed run
+            stem = file_stem(method) + (f"-seed{seed}" if seed else "")
+            model_path, seconds = train_or_reuse(root / "runs", config, str(paths["head-mr"]),
+                                                 str(paths["head-ct"]), args.device, log)
+            # unmasked: the head-rest score needs to see what the generator puts outside the head
+            synthetic = synthesize_volume(load_model(model_path), mr, direction="a2b", precision="fp32",
+                                          device=args.device, mask_background=False)
+            write_volume(synthetic, root / f"synthetic-ct-{stem}.nii.gz")
+            masks = alignment_masks(synthetic, mr)
+            scores = alignment_and_realism(synthetic, mr, ct, masks=masks)
+            scores["where_lost"] = where_lost(synthetic, masks, s["spacing"])
+            del masks
+            compare_volumes(synthetic, mr, root / f"report-{stem}", tiles=8, error_units="window",
+                            a_name=f"synthetic CT ({method})", b_name="source MR (Colin27 T1)", modality_a="CT",
+                            modality_b="MR")
+            results.append({"method": method, "seed": int(config["seed"]), "training_seconds": seconds,
+                            "run": str(model_path.parent), **scores})
+            tag = f"{method} seed {seed}" if n_seeds > 1 else method
+            log(f"{tag}: head Dice {scores['dice_head']:.3f}, NMI(source) {scores['nmi_source']:.3f}, "
+                f"head-rest {scores['headrest_ml']:.1f} ml, HU W1 {scores['hu_wasserstein']:.1f}, "
+                f"streaks {_number(scores['streak_ratio'], '.2f')} x the real CT's")
+            lost = scores["where_lost"]
+            log(f"{tag}: head-rest near the skin {lost['headrest']['near_skin']:.1f} ml, in slices without head "
+                f"{lost['headrest']['no_head_slices']:.1f} ml, elsewhere {lost['headrest']['elsewhere']:.1f} ml; "
+                f"outline missed near the skin {lost['outline_missed']['near_skin']:.1f} ml, inside "
+                f"{lost['outline_missed']['interior']:.1f} ml")
+    return {"results": results, "over_seeds": over_seeds(results, methods),
+            "config": {"mode": mode, "methods": methods, "seeds": n_seeds, **s, "root": str(root)},
             "machine": machine_info(), "wall_s": round(time.monotonic() - started, 1)}
+
+
+#: the scores summarised over seeds, each as a path into a result row
+SEED_MEASURES = {
+    "dice_head": ("dice_head",), "surface_distance_mean_mm": ("surface_distance_mean_mm",),
+    "surface_distance_95_mm": ("surface_distance_95_mm",), "nmi_source": ("nmi_source",),
+    "headrest_ml": ("headrest_ml",), "hu_wasserstein": ("hu_wasserstein",), "streak_ratio": ("streak_ratio",),
+    "air": ("fractions", "air"), "soft_tissue": ("fractions", "soft_tissue"), "bone": ("fractions", "bone"),
+}
+
+
+def over_seeds(results, methods):
+    """Per method: mean, sample sd (None for one seed) and the per-seed values of each score.
+
+    One real pair and one seed cannot tell a method's gain from its seed's luck; the spread over
+    training seeds is the only error bar this benchmark has (there is one source and one CT).
+    """
+    rows = []
+    for method in methods:
+        mine = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+        row = {"method": method, "seeds": [r["seed"] for r in mine]}
+        for name, path in SEED_MEASURES.items():
+            values = []
+            for r in mine:
+                value = r
+                for key in path:
+                    value = value.get(key) if isinstance(value, dict) else None
+                values.append(None if value is None else float(value))
+            known = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+            row[name] = {"mean": float(known.mean()) if known.size else None,
+                         "sd": float(known.std(ddof=1)) if known.size > 1 else None, "values": values}
+        rows.append(row)
+    return rows
 
 
 def file_stem(label):
@@ -203,21 +246,37 @@ def _number(value, spec):
     return "n/a" if value is None else format(value, spec)
 
 
+def _mean_sd(x, spec):
+    """``mean ± sd`` of an :func:`over_seeds` entry (no ± for one seed)."""
+    if x["mean"] is None:
+        return "n/a"
+    return format(x["mean"], spec) + ("" if x["sd"] is None else " ± " + format(x["sd"], spec))
+
+
 def summary(result):
-    w = max([12] + [len(r["method"]) for r in result["results"]])
+    w = max([12] + [len(r["method"]) + 4 for r in result["results"]])
     lines = [f"{'method':{w}s} {'head Dice':>9s} {'dist mm':>7s} {'NMI(src)':>8s} {'head-rest ml':>12s} {'HU W1':>7s} "
              f"{'streaks':>7s}  air/soft/bone (real)"]
+    seeded = result.get("config", {}).get("seeds", 1) > 1
     for r in result["results"]:
         f, g = r["fractions"], r["real_fractions"]
+        label = f"{r['method']} s{r.get('seed', 0)}" if seeded else r["method"]
         lines.append(
-            f"{r['method']:{w}s} {r['dice_head']:9.3f} {_number(r.get('surface_distance_mean_mm'), '7.2f')} "
+            f"{label:{w}s} {r['dice_head']:9.3f} {_number(r.get('surface_distance_mean_mm'), '7.2f')} "
             f"{r['nmi_source']:8.3f} {r['headrest_ml']:12.1f} {r['hu_wasserstein']:7.1f} "
             f"{_number(r.get('streak_ratio'), '7.2f')}  "
             f"{f['air']:.2f}/{f['soft_tissue']:.2f}/{f['bone']:.2f} ({g['air']:.2f}/{g['soft_tissue']:.2f}/{g['bone']:.2f})"
         )
     lines.append("dist: mean surface distance of the head outlines; streaks: slice-to-slice streak index relative to "
                  "the real CT's (1 = as consistent)")
-    lost = [(r["method"], r["where_lost"]) for r in result["results"] if r.get("where_lost")]
+    if seeded:
+        lines.append(f"mean ± sd over {result['config']['seeds']} seeds:")
+        for row in result.get("over_seeds", []):
+            lines.append(f"{row['method']:{w}s} head Dice {_mean_sd(row['dice_head'], '.3f')}, "
+                         f"NMI {_mean_sd(row['nmi_source'], '.3f')}, head-rest {_mean_sd(row['headrest_ml'], '.1f')} ml, "
+                         f"HU W1 {_mean_sd(row['hu_wasserstein'], '.0f')}, streaks {_mean_sd(row['streak_ratio'], '.2f')}")
+    lost = [(f"{r['method']} s{r.get('seed', 0)}" if seeded else r["method"], r["where_lost"])
+            for r in result["results"] if r.get("where_lost")]
     if lost:
         margin = lost[0][1]["model_spacing_mm"]
         lines.append(f"where it is lost (ml; near the skin = within one model voxel, {margin:g} mm):")
