@@ -702,3 +702,28 @@ def test_2p5d_averaging_lowers_slice_streaks(monkeypatch):
     clean = slice_streaks(_synth(_StandInModel(lambda t: t, 1), vol)[0], mask)["streak_index"]
     assert index[1] > 1.5 * clean  # the stand-in streaks
     assert index[3] < 0.7 * index[1], (clean, index)
+
+
+def test_blank_slices_become_background_even_unmasked(model):
+    """Slices of one value throughout (the empty slab above a head) come back as the target's background,
+    with or without background masking, while the generator's output elsewhere is kept unmasked."""
+    phantom = mr_phantom(shape=(8, 40, 36), spacing=(2.0, 2.0, 3.0))
+    arr = phantom.array.astype(np.float32).copy()
+    arr[6:] = 0.0  # two blank slices above the body
+    vol = Volume(arr, (2.0, 2.0, 3.0))
+    low = syn.target_normalization(model.card["domains"]["b"]).low
+    for masked in (False, True):
+        out, info = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32",
+                                                    mask_background=masked)
+        assert info["blank_slices"] == 2
+        assert np.all(out.array[6:] == np.float32(low)), masked
+    # unmasked, the slices with signal keep what the generator made outside the body
+    assert not np.all(out.array[:6] == np.float32(low))
+    body = syn.body_mask(vol)
+    unmasked, _ = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", mask_background=False)
+    assert np.any(unmasked.array[:6][~body[:6]] != np.float32(low))
+    # a slice with any variation is left to the generator
+    arr[7, 0, 0] = 1.0
+    _, info = syn.synthesize_volume_with_info(model, Volume(arr, (2.0, 2.0, 3.0)), device="cpu", precision="fp32",
+                                              mask_background=False)
+    assert info["blank_slices"] == 1

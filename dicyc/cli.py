@@ -375,7 +375,8 @@ def _add_synthesize(sub):
                    "the Slicer progress bar")
     p.add_argument("--keep-background", action="store_true", help="keep what the generator puts outside the input's "
                    "body instead of setting it to the target's background (air for CT); shows hallucinated objects "
-                   "such as a CT head-rest, as dicyc report and dicyc bench head score them")
+                   "such as a CT head-rest, as dicyc report and dicyc bench head score them (blank input slices, one value "
+                   "throughout, stay background either way)")
     p.set_defaults(handler=_cmd_synthesize)
 
 

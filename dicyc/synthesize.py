@@ -815,6 +815,20 @@ class _Runner:
         self.run_range(x, out, axis, 0, middle, accumulate)
 
 
+def _blank_slices(x):
+    """Boolean per axial slice of the model-grid input ``x`` (z, y, x): one value throughout.
+
+    Why: a blank slice holds no signal, and training never draws one (the sampler takes body
+    slices only). What a generator returns for it comes from its zero-padded borders, which
+    instance normalisation then blows up to full contrast: the head benchmark found 12 to 13 ml
+    of such "density" in the six blank slices above Colin27's vertex, most of DiCyc's
+    hallucinated head-rest. A slice with any variation at all, noise included, is left to the
+    generator.
+    """
+    flat = x.reshape(x.shape[0], -1)
+    return flat.min(axis=1) == flat.max(axis=1)
+
+
 def synthesize_volume_with_info(
     model,
     volume,
@@ -847,7 +861,10 @@ def synthesize_volume_with_info(
     wider ones, and holds no more memory.
     ``progress(done, total)`` counts slices and is called after every batch.
     ``mask_background`` sets voxels outside the input's body mask to the target background
-    (-1024 HU for CT) rather than whatever the generator hallucinated in the air.
+    (-1024 HU for CT) rather than whatever the generator hallucinated in the air. Blank axial
+    slices (one value throughout, such as the empty slab above a head in an MNI-space volume)
+    become the target background either way (:func:`_blank_slices`); ``info["blank_slices"]``
+    counts them on the model grid.
 
     Memory: besides the input, one model-space float32 volume is alive during single-view
     inference (each batch's results overwrite its own normalised input slices), two with
@@ -893,6 +910,7 @@ def synthesize_volume_with_info(
         x = resample_slabs(work.array, work.spacing, work.origin, work.direction, size[::-1], spacing, origin, default)
     else:
         x = work.array.astype(np.float32, copy=True)
+    blank = _blank_slices(x)
     mask = None
     if mask_background or (src.get("normalization") or {}).get("kind") != "ct-window":
         mask = body_mask(Volume(x, spacing, origin, work.direction))
@@ -917,6 +935,7 @@ def synthesize_volume_with_info(
     if len(views) > 1:
         out /= np.float32(len(views))
     np.clip(out, -1.0, 1.0, out=out)
+    out[blank] = -1.0  # whatever the background choice: no signal, nothing to translate
     if mask_background and mask is not None:
         out[~mask] = -1.0
     del mask
@@ -944,6 +963,7 @@ def synthesize_volume_with_info(
         "path": runner.path_info(),
         "views": list(views),
         "context_slices": context,
+        "blank_slices": int(blank.sum()),
         "model_grid": list(model_grid),
         "direction": direction,
         "warnings": notes,
