@@ -176,6 +176,7 @@ def run(args, log, settings=None):
             model_path, seconds = train_or_reuse(root / "runs", config, str(paths["head-mr"]),
                                                  str(paths["head-ct"]), args.device, log)
             # unmasked: the head-rest score needs to see what the generator puts outside the head
+            # (blank input slices excepted: synthesis returns them as background either way)
             synthetic = synthesize_volume(load_model(model_path), mr, direction="a2b", precision="fp32",
                                           device=args.device, mask_background=False)
             write_volume(synthetic, root / f"synthetic-ct-{stem}.nii.gz")
