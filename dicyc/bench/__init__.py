@@ -20,6 +20,20 @@ import platform
 import sys
 
 
+def mean_sd(values, single_sd=0.0):
+    """``(mean, sample sd)`` of the values that are not None; ``(None, None)`` when none are.
+
+    One value has no sample sd: ``single_sd`` is what is reported then (0.0 in the quality and
+    abdomen tables, None where the head benchmark says "no spread measured").
+    """
+    import numpy as np
+
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if values.size == 0:
+        return None, None
+    return float(values.mean()), (float(values.std(ddof=1)) if values.size > 1 else single_sd)
+
+
 def machine_info():
     """What ran the benchmark: enough to know whether two results are comparable."""
     info = {

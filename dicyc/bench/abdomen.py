@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dicyc.bench import mean_sd
 from dicyc.errors import DicycError
 
 #: protocol settings. ``quick`` trains without augmentation, as the quality benchmark's quick protocol
@@ -219,13 +220,6 @@ def score_case(synthesis, source, reference, masks, direction, posture_shift, sp
 
 
 # ===================================================================== aggregation
-def _mean_sd(values):
-    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if values.size == 0:
-        return None, None
-    return float(values.mean()), (float(values.std(ddof=1)) if values.size > 1 else 0.0)
-
-
 def aggregate(cases):
     """Rows of mean (sd) over test subjects per (method, direction)."""
     groups = {}
@@ -236,7 +230,7 @@ def aggregate(cases):
         row = {"method": method, "direction": DIRECTIONS[direction], "n": len(members)}
         for metric in METRICS:
             if any(m.get(metric) is not None for m in members):
-                row[metric], row[f"{metric}_sd"] = _mean_sd(m.get(metric) for m in members)
+                row[metric], row[f"{metric}_sd"] = mean_sd(m.get(metric) for m in members)
         rows.append(row)
     return rows
 

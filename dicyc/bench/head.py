@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dicyc.bench import mean_sd
 from dicyc.errors import DicycError
 from dicyc.metrics import dice
 
@@ -229,9 +230,8 @@ def over_seeds(results, methods):
                 for key in path:
                     value = value.get(key) if isinstance(value, dict) else None
                 values.append(None if value is None else float(value))
-            known = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
-            row[name] = {"mean": float(known.mean()) if known.size else None,
-                         "sd": float(known.std(ddof=1)) if known.size > 1 else None, "values": values}
+            mean, sd = mean_sd((v for v in values if v is not None and np.isfinite(v)), single_sd=None)
+            row[name] = {"mean": mean, "sd": sd, "values": values}
         rows.append(row)
     return rows
 
@@ -247,7 +247,7 @@ def _number(value, spec):
     return "n/a" if value is None else format(value, spec)
 
 
-def _mean_sd(x, spec):
+def _mean_sd_text(x, spec):
     """``mean ± sd`` of an :func:`over_seeds` entry (no ± for one seed)."""
     if x["mean"] is None:
         return "n/a"
@@ -273,9 +273,9 @@ def summary(result):
     if seeded:
         lines.append(f"mean ± sd over {result['config']['seeds']} seeds:")
         for row in result.get("over_seeds", []):
-            lines.append(f"{row['method']:{w}s} head Dice {_mean_sd(row['dice_head'], '.3f')}, "
-                         f"NMI {_mean_sd(row['nmi_source'], '.3f')}, head-rest {_mean_sd(row['headrest_ml'], '.1f')} ml, "
-                         f"HU W1 {_mean_sd(row['hu_wasserstein'], '.0f')}, streaks {_mean_sd(row['streak_ratio'], '.2f')}")
+            lines.append(f"{row['method']:{w}s} head Dice {_mean_sd_text(row['dice_head'], '.3f')}, "
+                         f"NMI {_mean_sd_text(row['nmi_source'], '.3f')}, head-rest {_mean_sd_text(row['headrest_ml'], '.1f')} ml, "
+                         f"HU W1 {_mean_sd_text(row['hu_wasserstein'], '.0f')}, streaks {_mean_sd_text(row['streak_ratio'], '.2f')}")
     lost = [(f"{r['method']} s{r.get('seed', 0)}" if seeded else r["method"], r["where_lost"])
             for r in result["results"] if r.get("where_lost")]
     if lost:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicyc.bench import parse_method
+from dicyc.bench import mean_sd, parse_method
 from dicyc.errors import DicycError
 
 #: protocol settings; ``quick`` fits a 2-core CPU, ``full`` is the papers' size (a GPU)
@@ -230,13 +230,6 @@ def _case(model, x, direction, deformed, field, device):
     return result, (*slices, mask_arr[z])
 
 
-def _mean_sd(values):
-    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if values.size == 0:
-        return None, None
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
 def aggregate(cases, keys):
     """Rows of mean (sd) per group of ``keys`` over cases, with the spread of the per-seed means."""
     groups = {}
@@ -251,9 +244,9 @@ def aggregate(cases, keys):
         for metric in METRICS:
             if all(c.get(metric) is None for c in members):
                 continue
-            row[metric], row[f"{metric}_sd"] = _mean_sd(c.get(metric) for c in members)
-            per_seed = [_mean_sd(c.get(metric) for c in members if c["seed"] == s)[0] for s in seeds]
-            row[f"{metric}_seed_sd"] = _mean_sd(per_seed)[1]
+            row[metric], row[f"{metric}_sd"] = mean_sd(c.get(metric) for c in members)
+            per_seed = [mean_sd(c.get(metric) for c in members if c["seed"] == s)[0] for s in seeds]
+            row[f"{metric}_seed_sd"] = mean_sd(per_seed)[1]
         rows.append(row)
     return rows
 
