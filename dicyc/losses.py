@@ -23,6 +23,17 @@ def l1(a, b):
     return F.l1_loss(a, b)
 
 
+def histogram_distance(prediction, reference):
+    """1-D Wasserstein distance between each image's intensity histogram and its reference's.
+
+    Per sample: the mean absolute difference of the two images' sorted values, which is W1 of
+    their intensity distributions. A deformation moves intensities but keeps their distribution
+    (up to the area it stretches), so this compares appearance and cannot see where anatomy sits.
+    """
+    n = prediction.shape[0]
+    return l1(prediction.reshape(n, -1).sort(dim=1).values, reference.reshape(n, -1).sort(dim=1).values)
+
+
 class ImagePool:
     """A history of generated images (Shrivastava et al. 2017): D sees past fakes too.
 

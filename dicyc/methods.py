@@ -253,7 +253,8 @@ class DiCyc(AlignedCycleGAN):
     ``lambda_adv_undeformed`` > 0 (the undeformed outputs are judged too, and reach the
     discriminators), ``lambda_adv_local`` > 0 (the undeformed outputs are judged by small
     PatchGANs of their own, ``local_d_layers`` deep: 1 layer sees 16x16 pixels, too little to
-    tell where anatomy sits, enough to judge its contrast and texture), and ``offset_grid`` /
+    tell where anatomy sits, enough to judge its contrast and texture), ``lambda_hist`` > 0
+    (G(x)'s intensity histogram is pulled to G_T(x)'s, see :meth:`histogram_terms`), and ``offset_grid`` /
     ``offset_max_displacement`` (smooth and bounded offset fields). ``tps_max_displacement``
     bounds each control point's move through a tanh, in units of half the latent map: 1, the
     default, lets it reach anywhere on the map.
@@ -265,12 +266,12 @@ class DiCyc(AlignedCycleGAN):
     name = "dicyc"
     description = "DiCyc (Wang et al. 2021): offset convs + TPS transformer, NMI alignment, dicyc loss, EM training"
     defaults = {"lambda_align": 0.9, "lambda_dicyc": 10.0, "dicyc_loss": "paper", "em": "joint",
-                "lambda_adv_undeformed": 0.0, "lambda_adv_local": 0.0, "local_d_layers": 1, "tps_grid": 6,
+                "lambda_adv_undeformed": 0.0, "lambda_adv_local": 0.0, "local_d_layers": 1, "lambda_hist": 0.0, "tps_grid": 6,
                 "tps_max_displacement": 1.0, "offset_grid": 0, "offset_max_displacement": 0.0,
                 "offset_stages": ["stem", "down1", "down2", "block0"]}
     #: options whose default trains exactly as before the option existed (see
     #: :func:`dicyc.bench.digest_config`): the local discriminators are not built at λ 0
-    inert_defaults = {"lambda_adv_local": 0.0, "local_d_layers": 1}
+    inert_defaults = {"lambda_adv_local": 0.0, "local_d_layers": 1, "lambda_hist": 0.0}
     use_tps = True
     #: the choices of the string options
     CHOICES = {"dicyc_loss": ("paper", "commutation"), "em": ("joint", "alternate")}
@@ -442,6 +443,21 @@ class DiCyc(AlignedCycleGAN):
             "dicyc": self.config["lambda_dicyc"] * (l1(pa, ta) + l1(pb, tb)),
         }
 
+    def histogram_terms(self, ctx):
+        """λ_hist Σ W1(hist G(x), hist G_T(x)), the deformed side detached (option ``lambda_hist``).
+
+        Why: only the deformed outputs face the discriminators, and on real heads the deformed
+        pass turns out CT-like (a bright skull, flat brain) while G(x), which synthesis uses,
+        keeps the MR's contrast (a dark skull, grey/white matter). A histogram cannot see where
+        anatomy sits, so this hands the deformed pass's realism to G(x) without the pull towards
+        the domain's geometry that judging G(x) directly brings. Detached, it moves G(x) towards
+        G_T(x) and never the reverse.
+        """
+        from dicyc.losses import histogram_distance
+
+        return float(self.config["lambda_hist"]) * (histogram_distance(ctx["und_b"], ctx["fake_b"].detach())
+                                                    + histogram_distance(ctx["und_a"], ctx["fake_a"].detach()))
+
     def transformer_step(self, nets, ctx):
         """E step of ``em: "alternate"``: only the TPS transformers move, on the θ_TPS-dependent terms."""
         self.passes(nets, ctx)
@@ -462,6 +478,8 @@ class DiCyc(AlignedCycleGAN):
         if self.judges_undeformed():
             w = float(self.config["lambda_adv_undeformed"])
             terms["adv_und"] = w * (lsgan_loss(scores[2], True) + lsgan_loss(scores[3], True))
+        if float(self.config.get("lambda_hist", 0.0)) > 0:
+            terms["hist"] = self.histogram_terms(ctx)
         if self.judges_locally():
             w = float(self.config["lambda_adv_local"])
             terms["adv_local"] = w * (lsgan_loss(nets["D_local_B"](ctx["und_b"]), True)
