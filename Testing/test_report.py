@@ -160,3 +160,47 @@ def test_the_axial_plane_goes_through_the_head_not_an_empty_edge_slice():
     from dicyc.views import _to_lps
 
     assert _to_lps(head, axes_map)[s].any() and _to_lps(hallucinated, axes_map)[s].any()
+
+
+def _tiny_run(method, mr, ct, out):
+    from dicyc.train import resolve_config, train
+
+    config = resolve_config(None, {"method": method, "ngf": 4, "n_blocks": 1, "ndf": 4, "slice_size": 32,
+                                   "spacing": [2.0, 2.0], "iterations": 2, "checkpoint_every": 2, "epoch_length": 100,
+                                   "modality_a": "MR", "modality_b": "CT", "cache_dir": str(out.parent / "cache")})
+    train(mr, ct, out, config, device="cpu")
+    return out
+
+
+def test_head_passes_of_a_dicyc_run_and_their_tool(toy_pair, tmp_path, capsys):
+    """Both passes of a DiCyc MR→CT run on a head, in HU: fractions, examples, figure, JSON; CycleGAN refused."""
+    import importlib.util
+
+    from dicyc.bench.learned import passes_on_head
+
+    mr, ct = toy_pair
+    run = _tiny_run("dicyc", mr, ct, tmp_path / "dicyc")
+    passes = passes_on_head(run, mr, ct, n_show=2)
+    for key in ("undeformed", "deformed", "real"):
+        assert sum(passes[key].values()) == pytest.approx(1.0)
+    # the toy CT: soft tissue at 40 HU in a bone ring at 1000 HU, air only outside the body
+    assert passes["real"]["air"] < 0.05 and passes["real"]["soft_tissue"] > 0.3 and passes["real"]["bone"] > 0.2
+    assert passes["mean_abs_difference_hu"] >= 0 and passes["slices"] > 0
+    assert len(passes["examples"]) == 2
+    assert all(e[k].shape == (32, 32) for e in passes["examples"] for k in ("source", "undeformed", "deformed", "real"))
+
+    spec = importlib.util.spec_from_file_location("head_passes", REPO / "tools" / "head_passes.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    figure, out = tmp_path / "passes.png", tmp_path / "passes.json"
+    assert tool.main([str(run), "--source", str(mr), "--target", str(ct), "--figure", str(figure), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed[:3]] == ["G(x), the synthesis", "G_T(x), judged by D", "real CT"]
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads(out.read_text())
+    assert saved["target"] == str(ct) and saved["real"] == pytest.approx(passes["real"])
+    cyclegan = _tiny_run("cyclegan", mr, ct, tmp_path / "cyclegan")
+    assert tool.main([str(cyclegan), "--source", str(mr), "--target", str(ct)]) == 1
+    assert "has no deformed pass" in capsys.readouterr().err
+    with pytest.raises(DicycError, match="has no deformed pass"):
+        passes_on_head(cyclegan, mr, ct)

@@ -228,3 +228,89 @@ def deformed_pass_scores(run_dir, cohort_dir, n_slices=8):
                 s = score(Volume(pred[:, 0].numpy()), Volume(clean[direction][zs]), mask[zs])
                 out[direction][name].append(s["ssim"])
     return out
+
+
+def passes_on_head(run_dir, source_path, target_path, n_show=3, seed=0):
+    """What G(x) and G_T(x) of an A→B DiCyc run make of a real source volume, in HU.
+
+    Why: the head benchmark scores G(x) only, and on a real MR→CT pair it is less CT-like than
+    CycleGAN's. This says whether the realism went into the deformed pass, the one the
+    discriminator judges. Each body slice of ``source_path`` (model space, as training saw it)
+    goes through both passes; the TPS is steered by a random body slice of ``target_path``
+    (drawn with ``seed``). Returns the air / soft-tissue / bone fractions
+    (:func:`dicyc.bench.head.tissue_fractions`) of G(x) and of G_T(x) inside the source's body,
+    those of the real target (``real``) inside its own body, the mean |G(x) − G_T(x)| in HU, and ``n_show``
+    slices evenly through the body (source, G(x), G_T(x), a target slice) for a figure.
+    """
+    import torch
+    from scipy import ndimage
+
+    from dicyc.bench.head import tissue_fractions
+    from dicyc.errors import DicycError
+    from dicyc.preprocess import ct_normalization
+
+    recipe, nets = load_training_networks(run_dir)
+    config = recipe.config
+    if "T_AB" not in nets and "O_AB" not in nets:
+        raise DicycError(f"{run_dir} is a {config['method']} run, which has no deformed pass; name a DiCyc run.")
+    if str(config.get("modality_b", "")).upper() != "CT" or int(config.get("context_slices", 1)) != 1:
+        raise DicycError(f"{run_dir} is not a 2-D run with CT as domain B; this check reads 2-D MR→CT runs.")
+    x, _ = _model_space(source_path, config["modality_a"], config)
+    target, _ = _model_space(target_path, "CT", config)
+
+    def body(slices, level):  # the largest in-plane object above ``level``, holes filled, per slice
+        out = np.zeros(slices.shape, bool)
+        for k, s in enumerate(slices):
+            labels, n = ndimage.label(s > level)
+            if n:
+                out[k] = ndimage.binary_fill_holes(labels == np.bincount(labels.ravel())[1:].argmax() + 1)
+        return out
+
+    hu = ct_normalization().inverse
+    x_body, t_body = body(x, -0.9), body(target, float(ct_normalization().forward(np.array([-500.0]))[0]))
+    zs = np.nonzero(x_body.mean(axis=(1, 2)) > 0.05)[0]
+    tz_all = np.nonzero(t_body.mean(axis=(1, 2)) > 0.05)[0]
+    if zs.size == 0 or tz_all.size == 0:
+        raise DicycError(f"{source_path if zs.size == 0 else target_path} has no body slice in the run's model space.")
+    tz = np.random.default_rng(seed).choice(tz_all, zs.size)
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x[zs], dtype=np.float32))[:, None]
+        tt = torch.from_numpy(np.ascontiguousarray(target[tz], dtype=np.float32))[:, None]
+        und, deformed = recipe._pair(nets, "AB", xt, xt, {"target_latent_AB": nets["G_BA"].encode(tt)})
+    und, deformed = hu(und[:, 0].numpy()), hu(deformed[:, 0].numpy())
+    mask = x_body[zs]
+    show = [int(i) for i in np.linspace(0, zs.size - 1, n_show + 2)[1:-1].round()]
+    return {
+        "undeformed": tissue_fractions(und[mask]), "deformed": tissue_fractions(deformed[mask]),
+        "real": tissue_fractions(hu(target[t_body])), "mean_abs_difference_hu": float(np.abs(und - deformed).mean()),
+        "slices": int(zs.size),
+        "examples": [{"z": int(zs[i]), "source": x[zs[i]], "undeformed": und[i], "deformed": deformed[i],
+                      "real": hu(target[tz[i]])} for i in show],
+    }
+
+
+def write_passes_figure(path, passes, title):
+    """Rows of source, G(x), G_T(x) and a target CT slice, CT shown at -300 … 600 HU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dicyc.atomic import atomic_path
+
+    rows = passes["examples"]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
+    names = (("source", "source MR"), ("undeformed", "G(x): synthesis"), ("deformed", "G_T(x): judged by D"),
+             ("real", "a real CT slice"))
+    for r, row in enumerate(rows):
+        for c, (key, label) in enumerate(names):
+            ct = key != "source"
+            axes[r, c].imshow(row[key], cmap="gray", vmin=-300 if ct else None, vmax=600 if ct else None)
+            axes[r, c].set_title(f"{label}" + ("" if c else f" (z {row['z']})"), fontsize=9)
+            axes[r, c].axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return str(path)
