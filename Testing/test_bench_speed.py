@@ -71,8 +71,8 @@ def test_matmul_gflops_positive():
 
 # ===================================================================== synthesis
 def test_measure_synthesis_structure_and_ratio():
-    r = speed.measure_synthesis(ngf=4, n_blocks=1, size=32, slices=4, reference_slices=2, repeats=2, device="cpu",
-                                matmul_size=64)
+    sizes = dict(ngf=4, n_blocks=1, size=32, slices=4, reference_slices=2, repeats=2, device="cpu", matmul_size=64)
+    r = speed.measure_synthesis(**sizes)
     for key in ("slices_per_s", "reference_slices_per_s", "speedup_vs_reference", "gflops", "reference_gflops",
                 "matmul_ceiling_gflops", "matmul_ceiling_fp32_gflops", "flops_per_slice", "fraction_of_ceiling"):
         assert _positive(r[key]), key
@@ -84,8 +84,7 @@ def test_measure_synthesis_structure_and_ratio():
     if r["precision"] != "fp32":
         # "auto" kept bf16 on this CPU (fast bf16, e.g. Zen 5): low precision runs its one layout, no probe
         assert path["source"] == "low precision" and path["layout"] in ("cl", "nchw")
-        r = speed.measure_synthesis(ngf=4, n_blocks=1, size=32, slices=4, reference_slices=2, repeats=2, device="cpu",
-                                    matmul_size=64, precision="fp32")
+        r = speed.measure_synthesis(**sizes, precision="fp32")
         path = r["path"]
     # the CPU path probe ran fresh, timed every candidate, and the fastest was kept
     assert path["source"] == "probe" and set(path["seconds_per_slice"]) == {"cl:8", "cl:1", "nchw:1"}

@@ -51,8 +51,8 @@ def main(argv=None):
         write_passes_figure(args.figure, passes, f"{run.name}: the synthesis and the deformed pass")
     if args.json:
         keep = {k: v for k, v in passes.items() if k != "examples"}
-        write_text(args.json, json.dumps({"run": str(run), "source": str(source), "target": str(target), **keep},
-                                                indent=2) + "\n")
+        record = {"run": str(run), "source": str(source), "target": str(target), **keep}
+        write_text(args.json, json.dumps(record, indent=2) + "\n")
     return 0
 
 
