@@ -350,6 +350,36 @@ def test_histogram_option_pulls_only_the_undeformed_pass():
     assert recipe.synthesis_networks() == ["G_AB", "G_BA"]  # the model file is unchanged
 
 
+def test_warp_option_ties_the_deformed_pass_to_the_moved_undeformed_pass():
+    """lambda_warp > 0 logs a "warp" term: 0 while the deformation is the identity, positive once it is not, and its
+    gradient reaches the generators. For a shift the generator can follow (a multiple of its stride), the composed
+    warp explains the deformed pass far better than no warp; a sub-stride shift it cannot, which is why it is a loss."""
+    from dicyc.nets.warps import resample
+
+    recipe, nets, ctx = _recipe_and_nets(lambda_warp=1.0)
+    plain = _recipe_and_nets()
+    assert "warp" not in _run_step(*plain, *plain[0].steps()[0])[0]  # off by default
+    recipe.passes(nets, ctx)
+    assert float(recipe.warp_terms(ctx).detach()) == pytest.approx(0.0, abs=1e-6)  # identity fields: G_T(x) = G(x)
+    with torch.no_grad():  # the offset field in front of the stem: a shift by the generator's whole stride (4 px)
+        nets["O_AB"].offsets["stem"].body[-1].bias.copy_(torch.tensor([4.0, -4.0]))
+    for net in nets.values():
+        net.zero_grad(set_to_none=True)
+    recipe.passes(nets, ctx)
+    grid = ctx["warp_grids"]["AB"]
+    assert not grid.requires_grad
+    inside = (slice(None), slice(None), slice(8, -8), slice(8, -8))  # away from the padded borders
+    with torch.no_grad():
+        moved = float((ctx["fake_b"] - resample(ctx["und_b"], grid))[inside].abs().mean())
+        unmoved = float((ctx["fake_b"] - ctx["und_b"])[inside].abs().mean())
+    assert 0 < moved < 0.7 * unmoved
+    recipe.warp_terms(ctx).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets["G_AB"].parameters())
+    logged, _ = _run_step(recipe, nets, ctx, *recipe.steps()[0])
+    assert logged["warp"] > 0
+    assert recipe.synthesis_networks() == ["G_AB", "G_BA"]  # the model file is unchanged
+
+
 def test_default_method_is_dicyc():
     from dicyc.train import DEFAULT_CONFIG
 

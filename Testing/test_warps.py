@@ -16,7 +16,9 @@ from dicyc.nets.warps import (  # noqa: E402
     Deformation,
     OffsetField,
     TPSTransformer,
+    composed_grid,
     pixel_centres,
+    resample,
     tps_control_points,
     tps_grid,
     tps_inverse_kernel,
@@ -298,3 +300,56 @@ def test_reset_identity_after_blanket_init():
     with torch.no_grad():
         deform.reset_identity()
         assert torch.allclose(g(x, warp=deform.hook()), g(x), atol=1e-6, rtol=0)
+
+
+# --- the composed warp of a deformed pass ------------------------------------------------
+
+
+def _smooth_image(n, size):
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    image = torch.sin(3.0 * xs + 1.0) * torch.cos(2.0 * ys) + 0.5 * xs * ys
+    return image.expand(n, 1, size, size).clone()
+
+
+def _smooth_field(n, size, ax, ay, phase):
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    dx = ax * torch.sin(2.0 * ys + phase)
+    dy = ay * torch.cos(2.5 * xs - phase)
+    return torch.stack((dx, dy)).expand(n, 2, size, size).clone()
+
+
+def test_composed_grid_converts_each_field_from_its_own_pixels():
+    """A 1-pixel field on a 16-pixel map moves a 32-pixel output by 2 pixels (0.125 normalised)."""
+    field = torch.zeros(1, 2, 16, 16)
+    field[:, 0] = 1.0
+    grid = composed_grid(32, 32, [field])
+    expected = pixel_centres(32, 32) + torch.tensor([0.125, 0.0])
+    assert grid.shape == (1, 32, 32, 2)
+    assert torch.allclose(grid[0], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one offset field or a TPS"):
+        composed_grid(8, 8)
+
+
+def test_composed_grid_is_the_warps_applied_in_turn_last_one_first():
+    """Offset warps then a TPS, applied one after another, equal one resampling through the composed grid.
+
+    Warps are backward maps, so the order matters: composing the fields the other way round
+    gives a visibly worse match, which is what makes this test able to fail.
+    """
+    torch.manual_seed(0)
+    n, size = 2, 64
+    image = _smooth_image(n, size)
+    d1 = _smooth_field(n, size, 3.0, -2.0, 0.3)
+    d2 = _smooth_field(n, size // 2, -1.5, 2.0, 1.1)  # a half-resolution map, in its own pixels
+    tps = TPSTransformer(4, grid_size=4, max_displacement=0.3)
+    displacements = 0.15 * torch.randn(n, tps.n_control, 2)
+    d2_full = F.interpolate(d2 * 2.0, size=(size, size), mode="bilinear", align_corners=False)
+    in_turn = warp_image(warp_image(image, d1), d2_full)
+    in_turn = F.grid_sample(in_turn, tps_grid(displacements, tps.inverse_kernel, tps.control_points, size, size),
+                            mode="bilinear", padding_mode="border", align_corners=False)
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    once = resample(image, composed_grid(size, size, [d1, d2], (tps, displacements)))
+    swapped = resample(image, composed_grid(size, size, [d2, d1], (tps, displacements)))
+    error = (once - in_turn)[inner].abs().mean()
+    assert error < 1e-3  # bilinear resampling's own error on a smooth image
+    assert (swapped - in_turn)[inner].abs().mean() > 10 * error

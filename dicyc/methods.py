@@ -254,7 +254,9 @@ class DiCyc(AlignedCycleGAN):
     discriminators), ``lambda_adv_local`` > 0 (the undeformed outputs are judged by small
     PatchGANs of their own, ``local_d_layers`` deep: 1 layer sees 16x16 pixels, too little to
     tell where anatomy sits, enough to judge its contrast and texture), ``lambda_hist`` > 0
-    (G(x)'s intensity histogram is pulled to G_T(x)'s, see :meth:`histogram_terms`), and ``offset_grid`` /
+    (G(x)'s intensity histogram is pulled to G_T(x)'s, see :meth:`histogram_terms`), ``lambda_warp`` > 0
+    (G_T(x) must be G(x) moved by the deformation's own composed warp, see :meth:`warp_terms`), and
+    ``offset_grid`` /
     ``offset_max_displacement`` (smooth and bounded offset fields). ``tps_max_displacement``
     bounds each control point's move through a tanh, in units of half the latent map: 1, the
     default, lets it reach anywhere on the map.
@@ -266,12 +268,12 @@ class DiCyc(AlignedCycleGAN):
     name = "dicyc"
     description = "DiCyc (Wang et al. 2021): offset convs + TPS transformer, NMI alignment, dicyc loss, EM training"
     defaults = {"lambda_align": 0.9, "lambda_dicyc": 10.0, "dicyc_loss": "paper", "em": "joint",
-                "lambda_adv_undeformed": 0.0, "lambda_adv_local": 0.0, "local_d_layers": 1, "lambda_hist": 0.0, "tps_grid": 6,
+                "lambda_adv_undeformed": 0.0, "lambda_adv_local": 0.0, "local_d_layers": 1, "lambda_hist": 0.0, "lambda_warp": 0.0, "tps_grid": 6,
                 "tps_max_displacement": 1.0, "offset_grid": 0, "offset_max_displacement": 0.0,
                 "offset_stages": ["stem", "down1", "down2", "block0"]}
     #: options whose default trains exactly as before the option existed (see
     #: :func:`dicyc.bench.digest_config`): the local discriminators are not built at λ 0
-    inert_defaults = {"lambda_adv_local": 0.0, "local_d_layers": 1, "lambda_hist": 0.0}
+    inert_defaults = {"lambda_adv_local": 0.0, "local_d_layers": 1, "lambda_hist": 0.0, "lambda_warp": 0.0}
     use_tps = True
     #: the choices of the string options
     CHOICES = {"dicyc_loss": ("paper", "commutation"), "em": ("joint", "alternate")}
@@ -337,6 +339,24 @@ class DiCyc(AlignedCycleGAN):
     def judges_undeformed(self):
         """True if the main discriminators judge the undeformed outputs too (``lambda_adv_undeformed``)."""
         return float(self.config.get("lambda_adv_undeformed", 0.0)) > 0
+
+    def ties_warp(self):
+        """True if the deformed pass must be the undeformed pass moved (``lambda_warp``)."""
+        return float(self.config.get("lambda_warp", 0.0)) > 0
+
+    def composed_warp(self, nets, direction, size):
+        """The grid of G_T^{direction}'s last deformed pass as one warp of its output, detached.
+
+        Reads the fields the offset layers and the TPS kept from that pass
+        (:func:`dicyc.nets.warps.composed_grid`). Detached: the tie judges the generator's
+        appearance under the deformation it chose, and gives the fields no reason to shrink.
+        """
+        from dicyc.nets.warps import composed_grid
+
+        offsets = [field.last_field for field in nets[f"O_{direction}"].offsets.values()]
+        tps = nets.get(f"T_{direction}")
+        tps = None if tps is None else (tps, tps.last_displacements)
+        return composed_grid(int(size[0]), int(size[1]), offsets, tps).detach()
 
     def judges_locally(self):
         """True if small PatchGANs judge the undeformed outputs' local appearance (``lambda_adv_local``)."""
@@ -404,6 +424,8 @@ class DiCyc(AlignedCycleGAN):
         ctx["target_latent_AB"], ctx["target_latent_BA"] = z_b.detach(), z_a.detach()
         ctx["und_b"], ctx["fake_b"] = self._decode_pair(nets, "AB", z_a, z_a_t, ctx)
         ctx["und_a"], ctx["fake_a"] = self._decode_pair(nets, "BA", z_b, z_b_t, ctx)
+        if self.ties_warp():  # the fields of these passes, before the cycles' passes overwrite them
+            ctx["warp_grids"] = {d: self.composed_warp(nets, d, ctx["fake_b"].shape[-2:]) for d in ("AB", "BA")}
         if self.config["dicyc_loss"] == "paper":  # the deformed cycle, back to the input
             ctx["rec_a"], rec_a_t = self._pair(nets, "BA", ctx["und_b"], ctx["fake_b"], ctx)
             ctx["rec_b"], rec_b_t = self._pair(nets, "AB", ctx["und_a"], ctx["fake_a"], ctx)
@@ -458,6 +480,25 @@ class DiCyc(AlignedCycleGAN):
         return float(self.config["lambda_hist"]) * (histogram_distance(ctx["und_b"], ctx["fake_b"].detach())
                                                     + histogram_distance(ctx["und_a"], ctx["fake_a"].detach()))
 
+    def warp_terms(self, ctx):
+        """λ_warp Σ |G_T(x) − Φ(G(x))|, Φ the deformed pass's composed warp (option ``lambda_warp``).
+
+        Why: the offset fields and the TPS are meant to *move* content, but nothing in the
+        papers' losses stops them from changing its look as well. On the real head they do:
+        the deformed pass, which alone faces the discriminator, turns CT-like while G(x), the
+        synthesis, keeps the MR's contrast and at long budgets collapses. Tying the deformed
+        output to the undeformed output moved by Φ leaves the deformation modules nothing but
+        geometry, so the discriminator's demand for a CT look reaches G(x) without the pull
+        towards the target domain's geometry that judging G(x) directly brings (Φ absorbs it).
+        Both images keep their gradients; Φ is detached (:meth:`composed_warp`).
+        """
+        from dicyc.losses import l1
+        from dicyc.nets.warps import resample
+
+        grids = ctx["warp_grids"]
+        return float(self.config["lambda_warp"]) * (l1(ctx["fake_b"], resample(ctx["und_b"], grids["AB"]))
+                                                    + l1(ctx["fake_a"], resample(ctx["und_a"], grids["BA"])))
+
     def transformer_step(self, nets, ctx):
         """E step of ``em: "alternate"``: only the TPS transformers move, on the θ_TPS-dependent terms."""
         self.passes(nets, ctx)
@@ -480,6 +521,8 @@ class DiCyc(AlignedCycleGAN):
             terms["adv_und"] = w * (lsgan_loss(scores[2], True) + lsgan_loss(scores[3], True))
         if float(self.config.get("lambda_hist", 0.0)) > 0:
             terms["hist"] = self.histogram_terms(ctx)
+        if self.ties_warp():
+            terms["warp"] = self.warp_terms(ctx)
         if self.judges_locally():
             w = float(self.config["lambda_adv_local"])
             terms["adv_local"] = w * (lsgan_loss(nets["D_local_B"](ctx["und_b"]), True)

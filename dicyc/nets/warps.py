@@ -40,6 +40,8 @@ __all__ = [
     "tps_grid",
     "TPSTransformer",
     "Deformation",
+    "composed_grid",
+    "resample",
     "OFFSET_STAGES",
 ]
 
@@ -332,6 +334,47 @@ class TPSTransformer(nn.Module):
         h, w = latent.shape[-2:]
         grid = tps_grid(d, self.inverse_kernel, self.control_points, h, w)
         return _sample(latent, grid)
+
+
+def composed_grid(height, width, offset_fields=(), tps=None):
+    """(N, H, W, 2) ``grid_sample`` grid of a deformed pass's whole warp, seen at its output.
+
+    Why: the deformed pass moves features at several depths (an offset field in front of
+    encoder stages, then the TPS on the latent code). If it only *moves* content, its output
+    is the undeformed output resampled through the composition of those maps, and comparing
+    the two says whether the deformation modules changed appearance as well (DiCyc's option
+    ``lambda_warp``). Warps are backward maps, so the last one applied is evaluated first:
+    Phi(q) = s_1(s_2(... s_k(t(q)))), with s_i(p) = p + d_i(p) and t the TPS.
+
+    ``offset_fields``: (N, 2, h, w) displacements in pixels of their own map
+    (:attr:`OffsetField.last_field`), in the order the encoder applies them; each map may
+    have its own size. ``tps``: ``(TPSTransformer, displacements)`` or None. The result is
+    in normalised coordinates (``align_corners=False``), on an H x W output grid, fp32.
+    """
+    fields = list(offset_fields)
+    if tps is None and not fields:
+        raise ValueError("composed_grid needs at least one offset field or a TPS")
+    reference = tps[1] if tps is not None else fields[0]
+    with _no_autocast(reference.device):
+        if tps is not None:
+            module, displacements = tps
+            grid = tps_grid(displacements.float(), module.inverse_kernel, module.control_points, height, width)
+        else:
+            base = pixel_centres(height, width, device=reference.device)
+            grid = base.unsqueeze(0).expand(reference.shape[0], -1, -1, -1)
+        for field in reversed(fields):
+            h, w = field.shape[-2:]
+            scale = field.new_tensor([2.0 / w, 2.0 / h], dtype=torch.float32).view(1, 2, 1, 1)
+            step = F.grid_sample(field.float() * scale, grid, mode="bilinear", padding_mode="border",
+                                 align_corners=False)
+            grid = grid + step.permute(0, 2, 3, 1)
+        return grid
+
+
+def resample(features, grid):
+    """``features`` (N, C, H, W) sampled at ``grid`` (N, H', W', 2), bilinear, border padding."""
+    with _no_autocast(features.device):
+        return _sample(features.float(), grid.float()).to(features.dtype)
 
 
 class Deformation(nn.Module):
