@@ -151,6 +151,7 @@ def test_head_benchmark_scores(tmp_path):
     assert sum(lost["headrest"].values()) == pytest.approx(row["headrest_ml"], abs=1e-2)
     summary = head.summary(result)
     assert "head Dice" in summary and "where it is lost" in summary
+    assert 0.9 < result["outline_ceiling"]["dice"] <= 1.0 and "ceiling: an ideal CT" in summary
 
 
 def test_head_benchmark_takes_method_variants(tmp_path):
@@ -210,6 +211,21 @@ def test_head_alignment_scores_on_constructed_volumes():
     rest[:, 44, 8:40] = 300.0  # a thin, dense arc behind the head: hallucinated head-rest
     scores = alignment_and_realism(ct.with_array(rest), mr, ct)
     assert scores["headrest_ml"] == pytest.approx(8 * 32 * 8 / 1000.0)
+
+
+def test_outline_ceiling_is_what_the_model_grid_alone_costs():
+    """An ideal CT of the head scores Dice 1 on the MR's own grid, and a little less the coarser the model's grid."""
+    from dicyc.bench.head import outline_ceiling
+    from dicyc.volume import Volume
+
+    z, y, x = np.indices((24, 64, 64))
+    head = (z - 12) ** 2 + (y - 32) ** 2 + (x - 32) ** 2 < 20 ** 2
+    mr = Volume(np.where(head, 300.0, 0.0).astype(np.float32), (1, 1, 1))
+    same = outline_ceiling(mr, 1.0)
+    assert same == {"dice": 1.0, "missed_ml": 0.0, "extra_ml": 0.0}
+    coarse, finer = outline_ceiling(mr, 4.0), outline_ceiling(mr, 2.0)
+    assert 0.95 < coarse["dice"] < finer["dice"] < 1.0
+    assert coarse["missed_ml"] + coarse["extra_ml"] > finer["missed_ml"] + finer["extra_ml"] > 0
 
 
 def test_where_lost_splits_head_rest_and_missed_outline_by_cause():
