@@ -105,8 +105,8 @@ def where_lost(synthetic, masks, model_spacing_mm):
 
     A synthesis made on a coarser grid than its source (4 mm in the quick benchmark, against
     Colin27's 1 mm) blurs its skin over about one model voxel, so some "hallucinated" density and
-    some missed outline are the grid's partial volume rather than the generator's invention.
-    This splits them:
+    some missed outline could be the grid's partial volume rather than the generator's invention
+    (:func:`outline_ceiling` says how much the grid alone costs the outline). This splits them:
 
     * ``headrest``: ``near_skin`` (within ``model_spacing_mm`` of the source head, past the
       2-voxel margin), ``no_head_slices`` (slices along the first array axis where the source has
