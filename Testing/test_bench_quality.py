@@ -222,7 +222,7 @@ def test_outline_ceiling_is_what_the_model_grid_alone_costs():
     head = (z - 12) ** 2 + (y - 32) ** 2 + (x - 32) ** 2 < 20 ** 2
     mr = Volume(np.where(head, 300.0, 0.0).astype(np.float32), (1, 1, 1))
     same = outline_ceiling(mr, 1.0)
-    assert same == {"dice": 1.0, "missed_ml": 0.0, "extra_ml": 0.0}
+    assert same == {"dice": 1.0, "missed_ml": 0.0, "extra_ml": 0.0, "headrest_ml": 0.0}
     coarse, finer = outline_ceiling(mr, 4.0), outline_ceiling(mr, 2.0)
     assert 0.95 < coarse["dice"] < finer["dice"] < 1.0
     assert coarse["missed_ml"] + coarse["extra_ml"] > finer["missed_ml"] + finer["extra_ml"] > 0

@@ -151,8 +151,9 @@ def outline_ceiling(source_mr, spacing_mm, mr_head=None):
     protocol) and resampled back, so part of a missed outline could be that round trip
     rather than the generator. An ideal CT of the source head (soft tissue, 40 HU, inside the
     MR's outline; -1000 HU outside) makes the same round trip (the synthesis's own grid rule and
-    linear resampling, :mod:`dicyc.synthesize`) and is scored by the same outline rule. Returns
-    ``{"dice", "missed_ml", "extra_ml"}``.
+    linear resampling, :mod:`dicyc.synthesize`) and is scored by the same rules. Returns
+    ``{"dice", "missed_ml", "extra_ml", "headrest_ml"}``: the last is the head-rest score of that
+    ideal CT (skin blurred past the 2-voxel margin), the floor of the head-rest column.
     """
     from dicyc.metrics import body_outline
     from dicyc.preprocess import from_canonical_array, to_canonical
@@ -167,10 +168,12 @@ def outline_ceiling(source_mr, spacing_mm, mr_head=None):
     coarse = resample_slabs(work.array, work.spacing, work.origin, work.direction, size[::-1], spacing, origin, -1000.0)
     back = resample_slabs(coarse, spacing, origin, work.direction, work.shape, work.spacing, work.origin, -1000.0)
     back = Volume(from_canonical_array(back, axes), source_mr.spacing, source_mr.origin, source_mr.direction.copy())
-    head = body_outline(back, "CT")
+    masks = alignment_masks(back, source_mr, mr_head)
+    head = masks["syn_head"]
     voxel_ml = float(np.prod(source_mr.spacing)) / 1000.0
     return {"dice": float(dice(head, mr_head)), "missed_ml": round(float((mr_head & ~head).sum()) * voxel_ml, 3),
-            "extra_ml": round(float((head & ~mr_head).sum()) * voxel_ml, 3)}
+            "extra_ml": round(float((head & ~mr_head).sum()) * voxel_ml, 3),
+            "headrest_ml": round(float(masks["hallucinated"].sum()) * voxel_ml, 3)}
 
 
 def run(args, log, settings=None):
@@ -198,7 +201,8 @@ def run(args, log, settings=None):
     mr, ct = read_volume(paths["head-mr"]), read_volume(paths["head-ct"])
     ceiling = outline_ceiling(mr, s["spacing"])
     log(f"an ideal CT made on the {s['spacing']:g} mm model grid: head Dice {ceiling['dice']:.3f} "
-        f"(outline missed {ceiling['missed_ml']:.1f} ml, beyond the MR's {ceiling['extra_ml']:.1f} ml)")
+        f"(outline missed {ceiling['missed_ml']:.1f} ml, beyond the MR's {ceiling['extra_ml']:.1f} ml), "
+        f"head-rest {ceiling['headrest_ml']:.1f} ml")
     results = []
     for seed in range(n_seeds):
         for method, name, options in specs:
@@ -305,7 +309,8 @@ def summary(result):
     ceiling = result.get("outline_ceiling")
     if ceiling:
         lines.append(f"ceiling: an ideal CT made on the model grid has head Dice {ceiling['dice']:.3f} "
-                     f"(missed {ceiling['missed_ml']:.1f} ml, beyond {ceiling['extra_ml']:.1f} ml)")
+                     f"(missed {ceiling['missed_ml']:.1f} ml, beyond {ceiling['extra_ml']:.1f} ml) "
+                     f"and head-rest {ceiling['headrest_ml']:.1f} ml")
     if seeded:
         lines.append(f"mean ± sd over {result['config']['seeds']} seeds:")
         for row in result.get("over_seeds", []):
