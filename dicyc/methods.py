@@ -348,8 +348,10 @@ class DiCyc(AlignedCycleGAN):
         """The grid of G_T^{direction}'s last deformed pass as one warp of its output, detached.
 
         Reads the fields the offset layers and the TPS kept from that pass
-        (:func:`dicyc.nets.warps.composed_grid`). Detached: the tie judges the generator's
-        appearance under the deformation it chose, and gives the fields no reason to shrink.
+        (:func:`dicyc.nets.warps.composed_grid`). Detached, so the target Φ(G(x)) does not move
+        with the fields: the tie cannot be met by bending the target towards G_T(x), only by a
+        deformed pass that is the undeformed one moved (the fields still get its gradient
+        through G_T(x)).
         """
         from dicyc.nets.warps import composed_grid
 
