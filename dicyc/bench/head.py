@@ -178,6 +178,7 @@ def outline_ceiling(source_mr, spacing_mm, mr_head=None):
 
 def run(args, log, settings=None):
     from dicyc.bench import machine_info, parse_method, train_or_reuse, training_config
+    from dicyc.metrics import body_outline
     from dicyc.modelfile import load_model
     from dicyc.samples import default_cache_dir, prepare
     from dicyc.synthesize import synthesize_volume
@@ -199,7 +200,8 @@ def run(args, log, settings=None):
     root = Path(args.out) if getattr(args, "out", None) else default_cache_dir() / "bench" / f"head-{mode}"
     paths = prepare(["head-mr", "head-ct"], log=log)
     mr, ct = read_volume(paths["head-mr"]), read_volume(paths["head-ct"])
-    ceiling = outline_ceiling(mr, s["spacing"])
+    mr_head = body_outline(mr, "MR")  # one source, one outline: for the ceiling and every method's scores
+    ceiling = outline_ceiling(mr, s["spacing"], mr_head)
     log(f"an ideal CT made on the {s['spacing']:g} mm model grid: head Dice {ceiling['dice']:.3f} "
         f"(outline missed {ceiling['missed_ml']:.1f} ml, beyond the MR's {ceiling['extra_ml']:.1f} ml), "
         f"head-rest {ceiling['headrest_ml']:.1f} ml")
@@ -217,7 +219,7 @@ def run(args, log, settings=None):
             synthetic = synthesize_volume(load_model(model_path), mr, direction="a2b", precision="fp32",
                                           device=args.device, mask_background=False)
             write_volume(synthetic, root / f"synthetic-ct-{stem}.nii.gz")
-            masks = alignment_masks(synthetic, mr)
+            masks = alignment_masks(synthetic, mr, mr_head)
             scores = alignment_and_realism(synthetic, mr, ct, masks=masks)
             scores["where_lost"] = where_lost(synthetic, masks, s["spacing"])
             del masks

@@ -365,9 +365,7 @@ def composed_grid(height, width, offset_fields=(), tps=None):
         for field in reversed(fields):
             h, w = field.shape[-2:]
             scale = field.new_tensor([2.0 / w, 2.0 / h], dtype=torch.float32).view(1, 2, 1, 1)
-            step = F.grid_sample(field.float() * scale, grid, mode="bilinear", padding_mode="border",
-                                 align_corners=False)
-            grid = grid + step.permute(0, 2, 3, 1)
+            grid = grid + _sample(field.float() * scale, grid).permute(0, 2, 3, 1)
         return grid
 
 
