@@ -34,7 +34,10 @@ def make_card(a=("MR", "MR", MR_NORM), b=("CT", "CT", CT_NORM)):
             "b": {"name": b[0], "modality": b[1], "normalization": dict(b[2])},
         },
         "spacing": [2.0, 2.0],
-        "slice_size": 64,
+        # about the test phantoms' slices on the 2 mm grid, as a training crop of them would be: an
+        # untrained generator on a frame of mostly background amplifies float rounding through
+        # instance norm's near-zero variance, which the precision checks below would then measure
+        "slice_size": 24,
         "training": {"iterations_done": 0, "seed": 0},
     }
 
@@ -267,6 +270,65 @@ def test_constant_input_is_refused(model):
     vol = Volume(np.full((3, 10, 10), 5.0, np.float32))
     with pytest.raises(DicycError, match="constant"):
         syn.synthesize_volume(model, vol, device="cpu")
+
+
+def _framed_model(tmp_path, side):
+    card = make_card()
+    card["slice_size"] = side
+    path = tmp_path / f"frame{side}.safetensors"
+    save_model(path, make_generators(), card)
+    return load_model(path)
+
+
+def _tight_ct(ny=20, nx=24, rim=0):
+    """A CT whose body fills its field of view (bone ring and soft tissue to the edge), with an
+    optional rim of background (the card's window floor) around it; identity grid at the card's
+    spacing, so nothing is resampled."""
+    rng = np.random.default_rng(3)
+    y, x = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
+    body = np.where(x**2 + y**2 < 0.5, 40.0, 300.0) + rng.normal(0, 20, (3, ny, nx))
+    arr = np.pad(body, ((0, 0), (rim, rim), (rim, rim)), constant_values=CT_NORM["low"])
+    return Volume(arr.astype(np.float32), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+
+
+@pytest.mark.filterwarnings("ignore:the model expects CT")
+def test_small_slices_are_seen_in_the_training_frame(tmp_path):
+    """A slice smaller than the card's slice_size is the generator's input padded with
+    background (-1) to that side, as training's crop pads it, and not a tight frame: with
+    instance normalisation the output depends on how much background the slice holds."""
+    model = _framed_model(tmp_path, 32)
+    vol = _tight_ct()
+    out = syn.synthesize_volume(model, vol, direction="b2a", device="cpu", precision="fp32", mask_background=False)
+    ct, mr = (syn.target_normalization(model.card["domains"][k]) for k in ("b", "a"))
+    x = np.clip(ct.forward(vol.array), -1, 1).astype(np.float32)
+    framed = np.full((3, 32, 32), -1.0, np.float32)
+    framed[:, 6:26, 4:28] = x
+    with torch.no_grad():
+        y = model.generator("b2a")(torch.from_numpy(framed)[:, None])[:, 0].numpy()
+    expected = mr.inverse(np.clip(y[:, 6:26, 4:28], -1, 1))
+    np.testing.assert_allclose(out.array, expected, atol=1e-3 * (mr.high - mr.low))
+    with torch.no_grad():  # the tight frame the old padding gave is measurably another result
+        tight = model.generator("b2a")(torch.from_numpy(x)[:, None])[:, 0].numpy()
+    assert np.abs(mr.inverse(np.clip(tight, -1, 1)) - expected).mean() > 10 * 1e-3 * (mr.high - mr.low)
+
+
+@pytest.mark.filterwarnings("ignore:the model expects CT")
+def test_an_air_rim_around_the_scan_does_not_change_its_synthesis(tmp_path):
+    """The same anatomy scanned with a tight or a wider field of view gives the same synthesis,
+    as long as both fit the training frame."""
+    model = _framed_model(tmp_path, 32)
+    kw = dict(direction="b2a", device="cpu", precision="fp32", mask_background=False)
+    tight = syn.synthesize_volume(model, _tight_ct(), **kw).array
+    wide = syn.synthesize_volume(model, _tight_ct(rim=3), **kw).array
+    np.testing.assert_allclose(wide[:, 3:-3, 3:-3], tight, atol=1e-3 * (MR_NORM["high"] - MR_NORM["low"]))
+
+
+def test_the_frame_comes_from_the_card(tmp_path):
+    assert syn.model_frame(_framed_model(tmp_path, 48)) == 48
+    assert syn.model_frame(type("M", (), {"card": {}})()) == syn._MIN_SIDE
+    assert syn._pad_amounts(20, 32) == (6, 6) and syn._pad_amounts(41, 32) == (1, 2)
+    padded, corner = syn._pad_batch(np.zeros((1, 40, 44), np.float32), 32)
+    assert padded.shape == (1, 40, 44) and corner == (0, 0)
 
 
 # ===================================================================== precision

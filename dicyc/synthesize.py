@@ -424,19 +424,42 @@ def _forward(generator, batch, dtype, layout="cl"):
         return generator(batch).float()
 
 
-def _pad_amounts(n):
-    target = max(_MIN_SIDE, -(-n // _MULTIPLE) * _MULTIPLE)
+def model_frame(model):
+    """The side of the square slices the model was trained on (the card's ``slice_size``).
+
+    Why: training crops every slice to that square around the body and fills the rest with
+    background (-1). The generators' instance normalisation makes their output depend on how
+    much background a slice holds, so a slice whose anatomy fills its field of view (a head at
+    the edge of its scan, on a coarse model grid) came out darker and thinner than training
+    ever made it. Synthesis pads smaller slices with background up to this side
+    (:func:`_pad_batch`), so each slice is seen as training saw it. Cards without the field
+    keep the plain minimum.
+    """
+    card = getattr(model, "card", None) or {}
+    try:
+        side = int(card.get("slice_size") or 0)
+    except (TypeError, ValueError):
+        side = 0
+    return max(_MIN_SIDE, side)
+
+
+def _pad_amounts(n, frame=_MIN_SIDE):
+    target = max(frame, _MIN_SIDE, -(-n // _MULTIPLE) * _MULTIPLE)
     extra = target - n
     return extra // 2, extra - extra // 2
 
 
-def _pad_batch(slab):
-    """Pad (B, H, W) slices or (B, K, H, W) slabs to sides that are multiples of 4 (reflecting, -1 where too small)."""
+def _pad_batch(slab, frame=_MIN_SIDE):
+    """Pad (B, H, W) slices or (B, K, H, W) slabs to sides that are multiples of 4 and at least ``frame``.
+
+    A slice smaller than the frame is filled with background (-1) around it, as training's crop
+    fills it (:func:`model_frame`); a larger one is only rounded up, by reflection.
+    """
     h, w = slab.shape[-2:]
-    (t, b), (l, r) = _pad_amounts(h), _pad_amounts(w)
+    (t, b), (l, r) = _pad_amounts(h, frame), _pad_amounts(w, frame)
     if t == b == l == r == 0:
         return np.ascontiguousarray(slab, dtype=np.float32), (0, 0)
-    reflect = max(t, b) < h and max(l, r) < w
+    reflect = max(t, b) < h and max(l, r) < w and min(h, w) >= frame
     widths = ((0, 0),) * (slab.ndim - 2) + ((t, b), (l, r))
     if reflect:
         padded = np.pad(slab, widths, mode="reflect")
@@ -602,8 +625,9 @@ class _Runner:
     """
 
     def __init__(self, generator, device, precision, batch, progress, total=0, cache=True, context=1,
-                 weights="triangular"):
+                 weights="triangular", frame=_MIN_SIDE):
         self.generator, self.device, self.batch = _InferenceModel(generator), device, batch
+        self.frame = int(frame)  # slices are padded with background to at least this side (model_frame)
         self.context = int(context)
         self.weights = context_weights(self.context, weights)
         self.average = None  # the 2.5-D slab average of the axial view (context > 1)
@@ -719,7 +743,7 @@ class _Runner:
         """Generator output for (B, H, W) slices, or for (B, K, H, W) slabs of a 2.5-D model (same shape out)."""
         import torch
 
-        padded, (top, left) = _pad_batch(slab)
+        padded, (top, left) = _pad_batch(slab, self.frame)
         h, w = slab.shape[-2:]
         batch = torch.from_numpy(padded if padded.ndim == 4 else padded[:, None]).to(self.device)
         del padded
@@ -782,11 +806,10 @@ class _Runner:
                 self.progress(self.done, self.total)
             s = e
 
-    @staticmethod
-    def _padded_shape(x, axis):
-        """(H, W) of this view's slices after padding to multiples of 4."""
+    def _padded_shape(self, x, axis):
+        """(H, W) of this view's slices after padding (multiples of 4, at least the model's frame)."""
         shape = [n for i, n in enumerate(x.shape) if i != axis]
-        return tuple(sum(_pad_amounts(n)) + n for n in shape)
+        return tuple(sum(_pad_amounts(n, self.frame)) + n for n in shape)
 
     def path_info(self):
         """How the generator ran: layout, batch, where the choice came from, the probe's seconds per slice."""
@@ -893,7 +916,7 @@ def synthesize_volume_with_info(
     tgt_norm = target_normalization(tgt, model_name)
     dev = resolve_device(device)
     runner = _Runner(model.generator(direction).to(dev).eval(), dev, precision, batch, progress, context=context,
-                     weights=context_weighting)
+                     weights=context_weighting, frame=model_frame(model))
     runner.decide_explicit()  # an unsupported --precision fails before any heavy work
     notes = _modality_warnings(volume.array, src)
     for note in notes:
