@@ -414,6 +414,19 @@ def test_fp32_path_probe_times_every_candidate_then_caches_its_choice(model, mon
     assert np.abs(again.array - out.array).max() < 0.05  # HU: every path computes the same, to rounding
 
 
+def test_a_batch_one_winner_is_found_in_the_cache_next_time(model, monkeypatch, tmp_path):
+    """The entry is stored under the batch the caller asked for, which is what the next run looks up,
+    also when the probe chooses batch 1 (it used to be stored under batch 1 and never found)."""
+    _fresh_probe_cache(monkeypatch, tmp_path)
+    monkeypatch.setattr(syn, "PROBE_STEADY_RATIO", 1e9)
+    monkeypatch.setattr(syn, "choose_path", lambda times: ("nchw", 1))
+    vol = mr_phantom(shape=(24, 40, 36))
+    _, first = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", batch=3)
+    _, again = syn.synthesize_volume_with_info(model, vol, device="cpu", precision="fp32", batch=3)
+    assert first["path"]["source"] == "probe" and (first["path"]["layout"], first["batch"]) == ("nchw", 1)
+    assert again["path"]["source"] == "cache" and (again["path"]["layout"], again["batch"]) == ("nchw", 1)
+
+
 def test_an_unsteady_path_probe_decides_its_own_run_only(model, monkeypatch, tmp_path):
     _fresh_probe_cache(monkeypatch, tmp_path)
     monkeypatch.setattr(syn, "PROBE_STEADY_RATIO", 1.0 - 1e-9)  # no two timings can agree this closely

@@ -725,11 +725,12 @@ class _Runner:
             self.layout = "cl"
             return
         self.path_times = {k: min(r) for k, r in self.path_rounds.items()}
+        key = self._path_key()  # the requested batch names the entry: a batch-1 winner must not rename it
         self.layout, self.batch = choose_path(self.path_times)
         self.path_steady = complete and probe_is_steady(self.path_rounds)
         # a probe cut short by a small volume, or unsteady under load, decides this run only
         if self.cache and self.path_steady:
-            probe_store(self._path_key(), {"layout": self.layout, "batch": self.batch,
+            probe_store(key, {"layout": self.layout, "batch": self.batch,
                                            "seconds_per_slice": {f"{k[0]}:{k[1]}": v for k, v in self.path_times.items()}})
 
     def _next(self):
