@@ -459,7 +459,7 @@ def _pad_batch(slab, frame=_MIN_SIDE):
     (t, b), (l, r) = _pad_amounts(h, frame), _pad_amounts(w, frame)
     if t == b == l == r == 0:
         return np.ascontiguousarray(slab, dtype=np.float32), (0, 0)
-    reflect = max(t, b) < h and max(l, r) < w and min(h, w) >= frame
+    reflect = min(h, w) >= max(frame, _MIN_SIDE)  # then each pad is at most 2 pixels, under the side
     widths = ((0, 0),) * (slab.ndim - 2) + ((t, b), (l, r))
     if reflect:
         padded = np.pad(slab, widths, mode="reflect")
