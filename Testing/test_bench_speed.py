@@ -158,6 +158,28 @@ def test_measure_training_fp32_and_auto_in_the_same_run(monkeypatch):
     assert e["auto_precision"] == "fp32" and e["auto_speedup"] == 1.0  # the same run, timed once
 
 
+def test_a_variant_with_options_is_timed_under_its_label():
+    """``--methods`` takes the variants every benchmark takes; the options reach the recipe."""
+    tied = "dicyc[lambda_warp=3,offset_grid=8,offset_max_displacement=0.05,tps_max_displacement=0.1]"
+    r = speed.measure_training(methods=["cyclegan", tied], ngf=4, n_blocks=1, ndf=4, size=32, iterations=1,
+                               warmup=0, settle=0, device="cpu")
+    assert list(r) == ["cyclegan", tied]
+    state = speed._training_state(tied, 4, 1, 4, 32, 1, torch.device("cpu"), 0)
+    assert state["recipe"].config["lambda_warp"] == 3 and state["recipe"].config["offset_grid"] == 8
+
+
+def test_training_methods_put_cyclegan_first_and_refuse_unknown_options():
+    from dicyc.errors import DicycError
+
+    assert speed.training_methods(None) is None
+    assert speed.training_methods(["dicyc[lambda_warp=3]", "cyclegan", "dicyc[lambda_warp=3]"]) == [
+        "cyclegan", "dicyc[lambda_warp=3]"]
+    with pytest.raises(DicycError, match="unknown training option"):
+        speed.training_methods(["dicyc[lambda_wrap=3]"])
+    with pytest.raises(DicycError):
+        speed.training_methods(["dicycc"])
+
+
 def test_every_method_trains_one_iteration():
     r = speed.measure_training(ngf=4, n_blocks=1, ndf=4, size=32, iterations=1, warmup=0, device="cpu")
     assert set(r) == set(METHODS)
@@ -214,6 +236,10 @@ def test_run_and_summary_in_tiny_mode(monkeypatch):
     text = speed.summary(result)
     assert "speedup" in text and "cyclegan" in text and "loader" in text and "memory" in text and "2.5-D" in text
     json.dumps(result)
+    args.methods = ["dicyc[lambda_warp=3]"]
+    result = speed.run(args, logged.append)
+    assert list(result["training"]) == list(result["training_papers"]) == ["cyclegan", "dicyc[lambda_warp=3]"]
+    assert result["methods"] == ["cyclegan", "dicyc[lambda_warp=3]"] and "dicyc[lambda_warp=3]" in speed.summary(result)
 
 
 def test_cli_end_to_end_with_the_test_hook(run_dicyc, tmp_path):

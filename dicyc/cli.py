@@ -470,6 +470,11 @@ def _add_bench(sub):
             q.add_argument("--methods", nargs="+", metavar="M",
                            help="methods to compare (default: the protocol's); a variant with options is "
                                 "written NAME[key=value,...], e.g. dicyc[dicyc_loss=commutation]")
+        if name == "speed":
+            q.add_argument("--methods", nargs="+", metavar="M",
+                           help="time these methods' training iterations against CycleGAN's, at both sizes "
+                                "(default: every method at the quick size, cyclegan and dicyc at the papers' size); "
+                                "variants as NAME[key=value,...]")
         if name in ("quality", "head"):
             q.add_argument("--seeds", type=_positive_int, metavar="N",
                            help="train every method with N seeds (0..N-1); rows per seed and mean ± sd over seeds "

@@ -605,15 +605,18 @@ def _fake_domain(n, size, seed):
     return SimpleNamespace(volumes=[volume], body_slices=[np.arange(n)], slice_size=size)
 
 
-def _training_state(name, ngf, n_blocks, ndf, size, batch, device, seed):
+def _training_state(spec, ngf, n_blocks, ndf, size, batch, device, seed):
+    """Networks, optimisers and pools of one method, ``NAME`` or ``NAME[key=value,...]``."""
     import torch
 
+    from dicyc.bench import parse_method
     from dicyc.losses import ImagePool
     from dicyc.methods import get_method
     from dicyc.train import _unique_parameters, resolve_config
 
+    _, name, options = parse_method(spec)
     overrides = {"method": name, "ngf": ngf, "n_blocks": n_blocks, "ndf": ndf, "slice_size": size,
-                 "batch_size": batch, "seed": seed}
+                 "batch_size": batch, "seed": seed, **options}
     if name == "cycle-medgan":  # its feature extractors' pre-training is a one-off, not an iteration
         overrides.update(extractor_steps=2, extractor_slices=8)
     config = resolve_config({}, overrides)
@@ -706,23 +709,26 @@ def measure_training(methods=None, ngf=16, n_blocks=3, ndf=None, size=64, batch=
     fp32 reuses the fp32 timing). The first warm-up iteration of each counts training memory
     (:func:`_memory_iteration`).
 
-    Returns ``{method: {"iteration_s", "relative_to_cyclegan", "iterations_s" (first precision),
+    ``methods`` are names or variants ``NAME[key=value,...]`` (as every benchmark spells them);
+    the result is keyed by the variant's label. Returns ``{method: {"iteration_s",
+    "relative_to_cyclegan", "iterations_s" (first precision),
     "precisions": {p: {"iteration_s", "iterations_s", "precision", "memory_mb"}},
     "auto_precision", "auto_speedup", "memory_mb", "memory_relative_to_cyclegan"}}`` (plus
     ``peak_gpu_mb`` on CUDA).
     """
     import torch
 
+    from dicyc.bench import parse_method
     from dicyc.device import resolve_device
     from dicyc.methods import METHODS
     from dicyc.train import Precision, resolve_precision
 
     log = log or _quiet
     dev = resolve_device(device)
-    methods = list(METHODS) if methods is None else list(methods)
+    methods = list(METHODS) if methods is None else [parse_method(m)[0] for m in methods]
     precisions = list(precisions)
     ndf = int(ndf if ndf is not None else ngf)
-    resolved = {(m, p): resolve_precision(p, dev, m) for m in methods for p in precisions}
+    resolved = {(m, p): resolve_precision(p, dev, parse_method(m)[1]) for m in methods for p in precisions}
     runs = []  # (method, resolved precision) actually timed
     for key, value in resolved.items():
         if (key[0], value) not in runs:
@@ -822,6 +828,30 @@ def _mode(args):
     return "quick" if getattr(args, "quick", False) else "full"
 
 
+def training_methods(specs):
+    """The methods ``--methods`` asks to time, as labels, with CycleGAN first (every ratio is to it).
+
+    None (all registered methods at the quick size, the protocol's two at the papers' size)
+    when no list is given. A name or option that does not exist is refused here, before the
+    synthesis measurements spend minutes.
+    """
+    from dicyc.bench import parse_method
+    from dicyc.methods import get_method
+    from dicyc.train import resolve_config
+
+    if not specs:
+        return None
+    labels = []
+    for spec in specs:
+        label, name, options = parse_method(spec)
+        get_method(name)(resolve_config({}, {"method": name, **options}))  # unknown names and options
+        if label not in labels:
+            labels.append(label)
+    if "cyclegan" in labels:
+        labels.remove("cyclegan")
+    return ["cyclegan"] + labels
+
+
 def run(args, log):
     """``dicyc bench speed``: every measurement of the module docstring; returns the JSON-ready result."""
     import torch
@@ -846,6 +876,7 @@ def _run(args, log, mode):
 
     s = SETTINGS[mode]
     dev = resolve_device(getattr(args, "device", "auto"))
+    chosen = training_methods(getattr(args, "methods", None))  # a bad name fails now, not after minutes
     t_start = time.perf_counter()
     from dicyc.device import cpu_features
 
@@ -879,12 +910,16 @@ def _run(args, log, mode):
         f"{ctx['slices']} slices of {ctx['size']}x{ctx['size']}")
     result["context"] = measure_context_cost(device=dev, log=log, **ctx)
 
+    if chosen:
+        result["methods"] = chosen
     tr = dict(s["training"])
-    log(f"training: one iteration of every method at ngf {tr['ngf']}, {tr['n_blocks']} blocks, "
-        f"{tr['size']}x{tr['size']}, batch {tr['batch']}, in {' and '.join(TRAINING_PRECISIONS)}")
-    result["training"] = measure_training(device=dev, log=log, precisions=TRAINING_PRECISIONS, **tr)
+    log(f"training: one iteration of {', '.join(chosen) if chosen else 'every method'} at ngf {tr['ngf']}, "
+        f"{tr['n_blocks']} blocks, {tr['size']}x{tr['size']}, batch {tr['batch']}, in {' and '.join(TRAINING_PRECISIONS)}")
+    result["training"] = measure_training(methods=chosen, device=dev, log=log, precisions=TRAINING_PRECISIONS, **tr)
     if s.get("training_papers"):
         tp = dict(s["training_papers"])
+        if chosen:
+            tp["methods"] = chosen
         log(f"training at the papers' size: {', '.join(tp['methods'])} at ngf {tp['ngf']}, {tp['n_blocks']} blocks, "
             f"{tp['size']}x{tp['size']}, in {' and '.join(TRAINING_PRECISIONS)}")
         result["training_papers"] = measure_training(device=dev, log=log, precisions=TRAINING_PRECISIONS, **tp)
@@ -970,9 +1005,10 @@ def summary(result):
             f"(paper: DiCyc {PAPER_DICYC_RELATIVE_TIME}x); auto precision, its seconds and speed-up over fp32; "
             f"training memory and x CycleGAN (paper: DiCyc {PAPER_DICYC_RELATIVE_MEMORY}x):"
         )
+        width = max([14] + [len(name) for name in tr])
         for name, e in tr.items():
             rel = e.get("relative_to_cyclegan")
-            line = f"  {name:<14} {e['iteration_s']:8.3f} s" + (f" {rel:5.2f}x" if rel is not None else "")
+            line = f"  {name:<{width}} {e['iteration_s']:8.3f} s" + (f" {rel:5.2f}x" if rel is not None else "")
             if "auto_precision" in e:
                 line += (f" | auto={e['auto_precision']} {e['precisions']['auto']['iteration_s']:8.3f} s "
                          f"{e['auto_speedup']:5.2f}x")
