@@ -198,6 +198,8 @@ class DiCycTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "device": self.ui.deviceComboBox.currentText.strip() or "auto",
             "modality_a": self.ui.domainAModalityComboBox.currentText.strip() or "MR",
             "modality_b": self.ui.domainBModalityComboBox.currentText.strip() or "CT",
+            # further options from a JSON file (dicyc train --config), e.g. the papers' DiCyc
+            "config": str(self.ui.optionsFilePathLineEdit.currentPath).strip() or None,
         }
 
     @staticmethod

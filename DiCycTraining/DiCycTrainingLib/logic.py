@@ -420,7 +420,8 @@ class TrainingLogic:
         """Start ``dicyc train`` in the background; returns the :class:`TrainingState`.
 
         Options without a flag (``log_every``, ``lambda_cycle``…) are written to
-        ``out_dir/slicer_options.json`` and passed with ``--config``. ``env``: variables added
+        ``out_dir/slicer_options.json`` and passed with ``--config``; a ``config`` file given
+        as well is merged into it, these options winning. ``env``: variables added
         to the child's environment (e.g. ``DICYC_CACHE``). A resumed run's state starts from
         the losses and preview already in the folder's ``events.jsonl``.
         """
@@ -436,9 +437,13 @@ class TrainingLogic:
             raise DicycError(f"{out_dir} holds no checkpoint to resume.")
         with_flag, config_only = self.split_options(options)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if config_only:
+        if config_only:  # one --config file: the user's options file, if any, under these
+            from dicyc.train import load_config_file
+
+            merged = dict(load_config_file(with_flag["config"])) if with_flag.get("config") else {}
+            merged.update(config_only)
             config_path = out_dir / OPTIONS_FILE
-            config_path.write_text(json.dumps(config_only, indent=2))
+            config_path.write_text(json.dumps(merged, indent=2))
             with_flag["config"] = str(config_path)
         progress = out_dir / PROGRESS_FILE
         command = self.build_command(method, a, b, out_dir, with_flag, resume=resume, python=self.python,

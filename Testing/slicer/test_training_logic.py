@@ -346,10 +346,12 @@ def test_logic_scene_volume_nodes_become_files_with_exact_geometry(scene, volume
 def test_logic_training_run_reports_progress_losses_preview_and_plot(scene, volumes, tmp_path, child_env):
     logic = TrainingLogic()
     out = tmp_path / "run"
-    options = dict(TINY, iterations=6, checkpoint_every=3, epoch_length=3, log_every=2)
+    users = tmp_path / "options.json"  # the panel's options file: merged under the options without a flag
+    users.write_text(json.dumps({"lambda_cycle": 5.0, "log_every": 1}))
+    options = dict(TINY, iterations=6, checkpoint_every=3, epoch_length=3, log_every=2, config=str(users))
     started = logic.start("cyclegan", [str(volumes["mr"])], [str(volumes["ct"])], out, options, env=child_env)
     assert started.running and logic.running
-    assert json.loads((out / "slicer_options.json").read_text()) == {"log_every": 2}
+    assert json.loads((out / "slicer_options.json").read_text()) == {"lambda_cycle": 5.0, "log_every": 2}
     fractions = []
     state = poll_until(logic, lambda s: s.finished, seen=fractions)
 
@@ -362,6 +364,7 @@ def test_logic_training_run_reports_progress_losses_preview_and_plot(scene, volu
     assert state.checkpoint_iteration == 6 and state.start_iteration == 0
     assert Path(state.model).is_file() and logic.model_path(out) in (str(out / "model_best.safetensors"), state.model)
     assert "cyclegan" in logic.model_summary(logic.model_path(out))
+    assert json.loads((out / "config.json").read_text())["config"]["lambda_cycle"] == 5.0
     kinds = [json.loads(line)["event"] for line in (out / PROGRESS_FILE).read_text().splitlines()]
     assert kinds[0] == "start" and kinds[-1] == "done" and {"iteration", "checkpoint", "preview"} <= set(kinds)
 

@@ -3,6 +3,7 @@ with strict Qt/CTK/qMRML stand-ins built from its .ui file (Testing/slicer/stand
 ``dicyc train`` child processes (tiny networks, a few iterations).
 """
 
+import json
 import subprocess
 import sys
 
@@ -79,6 +80,9 @@ def test_training_widget_whole_workflow(slicer_app, tmp_path, child_env):
     ui.domainBNodesComboBox.setCheckState(ct, Qt.Checked)
     out = tmp_path / "run"
     _tiny_run(ui, out, iterations=4)
+    options_file = tmp_path / "options.json"  # further options, e.g. a recipe, from a JSON file
+    options_file.write_text('{"lambda_identity": 0.25}')
+    ui.optionsFilePathLineEdit.type_path(str(options_file))
 
     # Start: progress, log, loss chart; the form is locked while it runs
     ui.startButton.click()
@@ -92,6 +96,7 @@ def test_training_widget_whole_workflow(slicer_app, tmp_path, child_env):
     assert ui.statusLabel.text.startswith("Done") and "Model: cyclegan" in ui.statusLabel.text
     assert "prepared (12 body slices)" in ui.logTextEdit.plainText and str(out) in ui.logTextEdit.plainText
     assert (out / "inputs").is_dir() and sorted(p.name[:3] for p in (out / "inputs").iterdir()) == ["A00", "B00"]
+    assert json.loads((out / "config.json").read_text())["config"]["lambda_identity"] == 0.25
     chart = slicer.modules.plots.logic().shown[-1]
     assert chart is w.shownChart and scene.IsNodePresent(chart) and chart.GetNumberOfPlotSeriesNodes() > 0
     assert ui.startButton.enabled and ui.resumeButton.enabled and ui.useForSynthesisButton.enabled
