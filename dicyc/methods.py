@@ -269,12 +269,12 @@ class DiCyc(AlignedCycleGAN):
     discriminators), ``lambda_adv_local`` > 0 (the undeformed outputs are judged by small
     PatchGANs of their own, ``local_d_layers`` deep: 1 layer sees 16x16 pixels, too little to
     tell where anatomy sits, enough to judge its contrast and texture), ``lambda_hist`` > 0
-    (G(x)'s intensity histogram is pulled to G_T(x)'s, see :meth:`histogram_terms`), ``lambda_warp`` > 0
-    (G_T(x) must be G(x) moved by the deformation's own composed warp, see :meth:`warp_terms`), and
-    ``offset_grid`` /
-    ``offset_max_displacement`` (smooth and bounded offset fields; 0 is the papers' per-pixel,
-    unbounded field). ``tps_max_displacement`` bounds each control point's move through a tanh,
-    in units of half the latent map: 1, the papers', lets it reach anywhere on the map.
+    (G(x)'s intensity histogram is pulled to G_T(x)'s, see :meth:`histogram_terms`). The default's
+    own options: ``lambda_warp`` (G_T(x) must be G(x) moved by the deformation's own composed
+    warp, see :meth:`warp_terms`; 0 in the papers), ``offset_grid`` / ``offset_max_displacement``
+    (smooth and bounded offset fields; 0 is the papers' per-pixel, unbounded field) and
+    ``tps_max_displacement`` (each control point's move bounded through a tanh, in units of half
+    the latent map: 1, the papers', lets it reach anywhere on the map).
 
     Synthesis uses the undeformed pass only: the model file holds the generators alone and
     costs what a CycleGAN costs.

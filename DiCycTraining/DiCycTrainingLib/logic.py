@@ -438,12 +438,13 @@ class TrainingLogic:
         with_flag, config_only = self.split_options(options)
         out_dir.mkdir(parents=True, exist_ok=True)
         if config_only:  # one --config file: the user's options file, if any, under these
+            from dicyc.atomic import write_text
             from dicyc.train import load_config_file
 
             merged = dict(load_config_file(with_flag["config"])) if with_flag.get("config") else {}
             merged.update(config_only)
             config_path = out_dir / OPTIONS_FILE
-            config_path.write_text(json.dumps(merged, indent=2))
+            write_text(config_path, json.dumps(merged, indent=2))  # atomic, as every output file
             with_flag["config"] = str(config_path)
         progress = out_dir / PROGRESS_FILE
         command = self.build_command(method, a, b, out_dir, with_flag, resume=resume, python=self.python,
