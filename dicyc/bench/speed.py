@@ -725,10 +725,11 @@ def measure_training(methods=None, ngf=16, n_blocks=3, ndf=None, size=64, batch=
 
     log = log or _quiet
     dev = resolve_device(device)
-    methods = list(METHODS) if methods is None else [parse_method(m)[0] for m in methods]
+    names = {label: name for label, name, _ in map(parse_method, METHODS if methods is None else methods)}
+    methods = list(names)  # labels, in order
     precisions = list(precisions)
     ndf = int(ndf if ndf is not None else ngf)
-    resolved = {(m, p): resolve_precision(p, dev, parse_method(m)[1]) for m in methods for p in precisions}
+    resolved = {(m, p): resolve_precision(p, dev, names[m]) for m in methods for p in precisions}
     runs = []  # (method, resolved precision) actually timed
     for key, value in resolved.items():
         if (key[0], value) not in runs:
